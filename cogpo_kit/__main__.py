@@ -1,0 +1,3 @@
+from cogpo_kit.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""Parameters of the CRV agents (Critic, Rethinker, Verifier) and of the CRV algorithm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One agent: its engine, model, sampling and prompt."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Engine and model serving this agent."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling settings (paper: T=0.7, top_p=0.9, top_k=50)."""
+    system_prompt: Optional[str] = None
+    """Override of the paper's Table 13 prompt for this agent (``None``: the paper's)."""
+    constrained: bool = True
+    """Label agents: restrict the answer to the label set with the engine's constrained decoding."""
+    max_reasks: int = 2
+    """Label agents: re-ask an unparseable answer up to this many times (counted)."""
+
+
+@dataclass(frozen=True)
+class CRVConfig:
+    """The Critique-Rethink-Verify algorithm (paper section 3.2)."""
+
+    critic: AgentConfig = field(default_factory=lambda: AgentConfig(sampling=SamplingConfig(max_tokens=8)))
+    """The Critic: rates each CoT easy / medium / hard for the student."""
+    rethinker: AgentConfig = field(default_factory=AgentConfig)
+    """The Rethinker: expands easy CoTs, simplifies hard ones, writes incorrect ones."""
+    verifier: AgentConfig = field(default_factory=lambda: AgentConfig(sampling=SamplingConfig(max_tokens=8)))
+    """The Verifier (``judge`` mode) or the student (``student_solve`` mode)."""
+    votes: int = 3
+    """Critic votes per CoT; majority wins."""
+    early_exit: bool = True
+    """Stop asking once a label has a majority (two agreeing votes of three): same label, fewer calls."""
+    max_attempts: int = 3
+    """Rewrite-verify-recritique attempts before an easy/hard example is discarded."""
+    verifier_mode: Literal["judge", "student_solve"] = "judge"
+    """``judge``: the paper's Verifier prompt; ``student_solve``: the student follows the CoT and its
+    final answer is graded against the gold answer (paper Appendix A.5)."""
+    verify_medium: bool = True
+    """Send medium CoTs to the Verifier too (paper 3.2.3)."""
+    ablation: Literal["C", "CR", "CRV"] = "CRV"
+    """Paper Table 6: ``C`` keeps the Critic's medium CoTs only; ``CR`` rewrites without verification;
+    ``CRV`` is the full system."""
+    incorrect_max_attempts: int = 3
+    """Regenerate an "incorrect" CoT that still reaches the gold answer up to this many times."""
+    incorrect_require_verifier_no: bool = False
+    """Also require the Verifier to say NO on an incorrect CoT."""
+    equal_level_subsets: Optional[int] = None
+    """Paper Table 5: also write equal-size easy/medium/hard SFT sets of this many rows each."""

@@ -1,0 +1,28 @@
+"""Parameters of the CoT dataset a run starts from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the CoT training data comes from and how bad rows are handled."""
+
+    source: str = "gsm8k_train"
+    """A loader name (``gsm8k_train``, ``limo``, ``bespoke_stratos``, ``openthoughts``, ``sky_t1``),
+    or ``file`` to read ``path`` (JSONL, JSON or parquet)."""
+    path: Optional[str] = None
+    """File to read when ``source`` is ``file`` (or a local copy of a hub dataset)."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """``file`` sources: map our fields to the file's, e.g. ``{problem: question, reasoning: cot}``."""
+    limit: Optional[int] = None
+    """Keep the first N valid rows after shuffling (``None``: all)."""
+    shuffle: bool = True
+    """Shuffle with ``seed`` before ``limit``."""
+    seed: int = 0
+    """Seed of the shuffle."""
+    on_invalid: Literal["error", "reject"] = "error"
+    """Rows with missing/empty fields, wrong types or duplicate ids: ``error`` stops with the file, line
+    and field named; ``reject`` writes them to ``rejects.jsonl`` with the reason and counts them."""

@@ -1,0 +1,90 @@
+"""Parameters of an inference engine, its sampling settings and the response cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+ENGINE_NAMES = ("llamacpp", "transformers", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are sampled (the paper's CRV agents: T=0.7, top_p=0.9, top_k=50)."""
+
+    temperature: float = 0.7
+    """Softmax temperature; 0 means greedy decoding."""
+    top_p: float = 0.9
+    """Nucleus sampling mass."""
+    top_k: int = 50
+    """Keep only the k most likely tokens (0 or -1: no limit)."""
+    max_tokens: int = 512
+    """Upper bound on generated tokens per completion."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion (not included in the text)."""
+    seed: int = 0
+    """Base seed; sample ``i`` of a request uses a seed derived from this and ``i``."""
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The persistent response cache (SQLite) that sits under every engine."""
+
+    enabled: bool = True
+    """Serve finished requests from the cache and store new results in it."""
+    path: Optional[str] = None
+    """SQLite file; default ``<output_dir>/cache/responses.sqlite`` (shared by the runs there)."""
+    clear: bool = False
+    """Delete this engine's cached entries before the stage runs."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which back end serves a model, and how."""
+
+    engine: Literal["llamacpp", "transformers", "vllm", "openai"] = "llamacpp"
+    """Back end: ``llamacpp`` (CPU default), ``transformers``, ``vllm`` (GPU servers), ``openai`` (HTTP)."""
+    model: str = "embedded:smollm2-135m-instruct"
+    """Model spec: ``embedded:smollm2-135m-instruct``, an HF hub id, a local folder or file, ``tiny:...``;
+    for ``openai`` the model name the server expects."""
+    context_length: int = 8192
+    """Context window to use (llama.cpp ``n_ctx``, vLLM ``max_model_len``, transformers' limit)."""
+    truncation: Literal["error", "left"] = "error"
+    """A prompt longer than the context: ``error`` (clear error naming the request) or ``left`` (drop
+    the oldest prompt tokens, counted in the manifest)."""
+    threads: int = 0
+    """CPU threads for llama.cpp / torch (0: all cores)."""
+    batch_size: int = 16
+    """Requests generated together (transformers) or in flight together (llama.cpp: sequences per
+    batch)."""
+    device: str = "auto"
+    """transformers: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``."""
+    dtype: str = "auto"
+    """transformers / vLLM weight dtype: ``auto``, ``float32``, ``bfloat16``, ``float16``."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallel degree."""
+    data_parallel_size: int = 1
+    """vLLM data parallel replicas (one offline ``LLM`` per replica)."""
+    gpu_memory_utilization: float = 0.9
+    """vLLM share of GPU memory to use."""
+    base_urls: tuple[str, ...] = ()
+    """``openai``: one or more server base URLs (``http://host:port/v1``); requests are spread over them."""
+    api_key_env: Optional[str] = None
+    """``openai``: name of the environment variable holding the API key (the key is never a param)."""
+    max_concurrency: int = 8
+    """``openai``: requests in flight at once."""
+    timeout_s: float = 600.0
+    """``openai``: per-request timeout in seconds."""
+    max_retries: int = 6
+    """``openai``: retries on 429, 5xx, timeouts and refused connections (exponential backoff, jitter)."""
+    guided_choice: Literal["auto", "grammar", "vllm", "none"] = "auto"
+    """``openai``: how to ask the server for a constrained label: a GBNF ``grammar`` field (llama.cpp
+    server), vLLM's ``structured_outputs``/``guided_choice``, or ``none`` (free text, parsed);
+    ``auto`` picks from the server's identity."""
+    thinking_end: Optional[str] = None
+    """Reasoning models: the end-of-thinking marker (``</think>``); label answers are constrained only
+    after it. ``None``: answer at once."""
+    max_thinking_tokens: int = 4096
+    """Reasoning models: tokens allowed before the constrained answer."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """The response cache under this engine."""

@@ -1,0 +1,39 @@
+"""Parameters of the evaluation stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """Stage 06: generate and grade on benchmarks, per model."""
+
+    benchmarks: tuple[str, ...] = ("gsm8k", "math500")
+    """Benchmark names from the registry (``cogpo-kit eval --list``)."""
+    limit: Optional[int] = None
+    """Problems per benchmark (first N after a fixed-seed shuffle; ``None``: all)."""
+    models: tuple[str, ...] = ("zero_shot", "sft", "crv_sft", "cogpo", "dpo", "beta_dpo", "simpo")
+    """Which models to evaluate: ``zero_shot`` (the student as is), SFT variants, preference methods,
+    or any model spec."""
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(engine="transformers"))
+    """Engine generating the answers (the model is filled in per evaluated model)."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, top_k=0, max_tokens=512))
+    """Sampling (greedy by default; pass@k needs n > 1 and temperature > 0)."""
+    n_samples: int = 1
+    """Samples per problem (pass@1 is averaged over them)."""
+    pass_k: tuple[int, ...] = (1,)
+    """k values of the unbiased pass@k estimator."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the 95% confidence intervals."""
+    seed: int = 0
+    """Seed for shuffles (benchmark order, GPQA choices) and the bootstrap."""
+    math_timeout_s: float = 5.0
+    """Time limit of one math equivalence check."""
+    code_timeout_s: float = 6.0
+    """Wall-clock limit of one program run on one test."""
+    mmlu_subjects: tuple[str, ...] = ()
+    """MMLU subjects to include (empty: all)."""
