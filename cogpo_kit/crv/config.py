@@ -22,6 +22,17 @@ class AgentConfig:
     """Label agents: restrict the answer to the label set with the engine's constrained decoding."""
     max_reasks: int = 2
     """Label agents: re-ask an unparseable answer up to this many times (counted)."""
+    user_template: Optional[str] = None
+    """Override of the user message (a format string with ``{problem}``, ``{answer}``, ``{reasoning}``;
+    ``None``: the kit's default for this agent)."""
+
+    def __post_init__(self) -> None:
+        if self.max_reasks < 0:
+            raise ValueError(f"max_reasks must be >= 0, got {self.max_reasks}")
+        if self.user_template is not None:
+            from cogpo_kit.crv.prompts import check_template
+
+            check_template(self.user_template, role="agent")
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,13 @@ class CRVConfig:
     critic: AgentConfig = field(default_factory=lambda: AgentConfig(sampling=SamplingConfig(max_tokens=8)))
     """The Critic: rates each CoT easy / medium / hard for the student."""
     rethinker: AgentConfig = field(default_factory=AgentConfig)
-    """The Rethinker: expands easy CoTs, simplifies hard ones, writes incorrect ones."""
+    """The Rethinker: expands easy CoTs (and serves ``simplifier``/``corrupter`` when they are unset)."""
+    simplifier: Optional[AgentConfig] = None
+    """The Rethinker simplifying hard CoTs (``None``: ``rethinker``'s engine and sampling with the
+    paper's simplifying prompt)."""
+    corrupter: Optional[AgentConfig] = None
+    """The Rethinker writing incorrect CoTs (``None``: ``rethinker``'s engine and sampling with the
+    paper's corrupting prompt)."""
     verifier: AgentConfig = field(default_factory=lambda: AgentConfig(sampling=SamplingConfig(max_tokens=8)))
     """The Verifier (``judge`` mode) or the student (``student_solve`` mode)."""
     votes: int = 3
@@ -54,3 +71,19 @@ class CRVConfig:
     """Also require the Verifier to say NO on an incorrect CoT."""
     equal_level_subsets: Optional[int] = None
     """Paper Table 5: also write equal-size easy/medium/hard SFT sets of this many rows each."""
+    check_final_answer: bool = True
+    """``CRV``: a rewrite whose own final answer (the grader's ``extract_answer``) is not the gold answer
+    fails its attempt before it reaches the Verifier."""
+    free_label_probe: int = 0
+    """Measure free decoding: the first N CoTs are also rated by the Critic (all votes) and judged by the
+    Verifier without constrained decoding; only the share of invalid labels is reported, the labels
+    are not used."""
+
+    def __post_init__(self) -> None:
+        for name in ("votes", "max_attempts", "incorrect_max_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.free_label_probe < 0:
+            raise ValueError(f"free_label_probe must be >= 0, got {self.free_label_probe}")
+        if self.equal_level_subsets is not None and self.equal_level_subsets < 1:
+            raise ValueError(f"equal_level_subsets must be >= 1 or null, got {self.equal_level_subsets}")

@@ -14,7 +14,9 @@ class DataConfig:
     """A loader name (``gsm8k_train``, ``limo``, ``bespoke_stratos``, ``openthoughts``, ``sky_t1``),
     or ``file`` to read ``path`` (JSONL, JSON or parquet)."""
     path: Optional[str] = None
-    """File to read when ``source`` is ``file`` (or a local copy of a hub dataset)."""
+    """File to read when ``source`` is ``file`` (or a local copy of a hub dataset). JSONL, a JSON array,
+    parquet, or a folder of such files (a hub snapshot's parquet shards). For ``gsm8k_train`` and
+    ``limo`` it replaces the shipped file (same format)."""
     fields: dict[str, str] = field(default_factory=dict)
     """``file`` sources: map our fields to the file's, e.g. ``{problem: question, reasoning: cot}``."""
     limit: Optional[int] = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
+
+from cogpo_kit.pairs.format import DEFAULT_PROMPT_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -22,3 +24,23 @@ class PairsConfig:
     """Prompt + response token budget of one side of a pair (the training max length)."""
     overlength: Literal["drop", "truncate"] = "truncate"
     """Pairs longer than ``max_length``: ``drop`` them or ``truncate`` the responses (both reported)."""
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    """User turn of every SFT row and pair (``{problem}`` is replaced); evaluation should prompt the same way."""
+    tokenizer: Optional[str] = None
+    """Model spec whose tokenizer and chat template measure lengths (``None``: ``sft.model``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("beta_small", "beta_medium", "beta_large"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        unknown = [g for g in self.gaps if g not in ("small", "medium", "large")]
+        if unknown:
+            raise ValueError(f"gaps: unknown gap {unknown[0]!r} (known: small, medium, large)")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if "{problem}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain the placeholder {problem}")
+
+    def beta(self, gap: str) -> float:
+        """The beta of a gap type."""
+        return {"small": self.beta_small, "medium": self.beta_medium, "large": self.beta_large}[gap]

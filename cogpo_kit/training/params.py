@@ -52,6 +52,8 @@ class OptimParams:
     """Log metrics every N steps."""
     save_steps: int = 50
     """Checkpoint every N steps (resume after a kill picks up the latest)."""
+    save_total_limit: int = 1
+    """Checkpoints kept in ``checkpoints/`` (older ones are deleted)."""
     seed: int = 0
     """Training seed."""
 
@@ -90,6 +92,8 @@ class PreferenceParams:
     """beta-DPO: scale of the beta adjustment, beta* = beta0 * (1 + alpha * (M - M0))."""
     beta_dpo_filter: bool = False
     """beta-DPO: the optional data filter (keep pairs whose margin is near the running mean)."""
+    beta_dpo_keep: float = 0.8
+    """beta-DPO data filter (with ``beta_dpo_filter``): share of each global batch kept."""
     beta_dpo_momentum: float = 0.9
     """beta-DPO: momentum of the running mean M0 of reward margins."""
     simpo_beta: float = 2.0
@@ -104,3 +108,19 @@ class PreferenceParams:
     """Compute reference log-probs once before training (less memory, one extra pass)."""
     beta_sweep: tuple[float, ...] = ()
     """Optional sweep (paper Figure 6): scale all CogPO betas by each factor and train one model per value."""
+
+    def __post_init__(self) -> None:
+        known = ("cogpo", "dpo", "beta_dpo", "simpo")
+        unknown = [m for m in self.methods if m not in known]
+        if unknown:
+            raise ValueError(f"methods: unknown method {unknown[0]!r} (known: {', '.join(known)})")
+        for name in ("dpo_beta", "simpo_beta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.beta_dpo_keep <= 1.0:
+            raise ValueError(f"beta_dpo_keep must be in (0, 1], got {self.beta_dpo_keep}")
+        if not 0.0 <= self.beta_dpo_momentum < 1.0:
+            raise ValueError(f"beta_dpo_momentum must be in [0, 1), got {self.beta_dpo_momentum}")
+        bad = [f for f in self.beta_sweep if not f > 0]
+        if bad:
+            raise ValueError(f"beta_sweep factors must be positive, got {bad[0]}")

@@ -1,0 +1,71 @@
+"""Final answers of reasoning processes, and the response a training row shows.
+
+The answer a reasoning process reaches is read with the kit's grader
+(:func:`cogpo_kit.evaluation.grading.extract_answer`) and compared with the gold answer by
+:func:`cogpo_kit.evaluation.grading.grade`. A response is the reasoning followed by a final line
+``The final answer is \\boxed{<answer the reasoning reaches>}``, unless its last line already holds
+a boxed answer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+_FINAL_LINE = "The final answer is \\boxed{{{answer}}}"
+
+
+def _grading():
+    try:
+        from cogpo_kit.evaluation import grading
+    except ImportError:
+        return None
+    if hasattr(grading, "grade") and hasattr(grading, "extract_answer"):
+        return grading
+    return None
+
+
+def _fallback_extract(text: str) -> Optional[str]:
+    boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
+    if boxed:
+        return boxed[-1].strip()
+    nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+    return nums[-1].replace(",", "") if nums else None
+
+
+def _fallback_grade(pred: str, gold: str) -> bool:
+    def norm(s: str) -> str:
+        s = s.strip().replace(",", "").replace("$", "").rstrip(".")
+        try:
+            return repr(float(s))
+        except ValueError:
+            return s.lower()
+    return norm(pred) == norm(gold)
+
+
+def reached_answer(text: str) -> Optional[str]:
+    """The final answer ``text`` reaches (``None`` when it reaches none)."""
+    g = _grading()
+    return g.extract_answer(text) if g else _fallback_extract(text)
+
+
+def same_answer(prediction: Optional[str], gold: str) -> bool:
+    """Whether ``prediction`` is the gold answer by the kit's grader."""
+    if prediction is None:
+        return False
+    g = _grading()
+    return bool(g.grade(prediction, gold, kind="math")) if g else _fallback_grade(prediction, gold)
+
+
+def ends_with_boxed(text: str) -> bool:
+    """Whether the last non-empty line of ``text`` holds a ``\\boxed{...}`` answer."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return bool(lines) and "\\boxed{" in lines[-1]
+
+
+def final_response(reasoning: str, answer: str) -> str:
+    """The reasoning, ending with the final-answer line for ``answer`` (the answer it reaches)."""
+    body = reasoning.rstrip()
+    if ends_with_boxed(body):
+        return body
+    return f"{body}\n\n{_FINAL_LINE.format(answer=answer)}"

@@ -1,0 +1,166 @@
+"""Running many per-example workflows in rounds, so every engine call is as wide as it can be.
+
+A workflow is a generator: it yields a list of :class:`Call` (role + request) and receives the
+completions (one list of ``n`` per call), until it returns its result. ``yield from`` composes
+workflows; :func:`gather` runs several side by side.
+
+:class:`Scheduler` advances all workflows together: each round it collects every pending call of
+every example and sends them, grouped by engine, in one ``generate`` call per engine. With
+``sequential=True`` it is the naive driver instead: one example after another, one request of one
+sample at a time.
+
+Workflows are deterministic functions of the completions they receive, and each completion is a
+deterministic function of its cache key, so a run replayed from the response cache takes the same
+path and writes the same outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Generator, Optional, Sequence
+
+from cogpo_kit.crv.agents import Agents
+from cogpo_kit.engines.base import Completion, Request
+from cogpo_kit.progress import progress
+
+Results = list[list[Completion]]
+Workflow = Generator[list["Call"], Results, Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request of one role."""
+
+    role: str
+    request: Request
+
+
+class CRVError(RuntimeError):
+    """An agent's engine failed; the message names the roles, the round and what was finished."""
+
+
+def gather(*workflows: Workflow) -> Workflow:
+    """Run workflows side by side; returns their results in order."""
+    results: list[Any] = [None] * len(workflows)
+    pending: dict[int, list[Call]] = {}
+    for i, wf in enumerate(workflows):
+        try:
+            pending[i] = next(wf)
+        except StopIteration as stop:
+            results[i] = stop.value
+    while pending:
+        order = sorted(pending)
+        calls = [c for i in order for c in pending[i]]
+        got = yield calls
+        pos = 0
+        for i in order:
+            k = len(pending[i])
+            part, pos = got[pos:pos + k], pos + k
+            try:
+                pending[i] = workflows[i].send(part)
+            except StopIteration as stop:
+                results[i] = stop.value
+                del pending[i]
+    return results
+
+
+class Scheduler:
+    """Drives workflows against :class:`Agents` (round-wide batches, or the naive sequential order)."""
+
+    def __init__(self, agents: Agents, *, logger: Optional[logging.Logger] = None, desc: str = "crv",
+                 sequential: bool = False):
+        self.agents = agents
+        self.logger = logger
+        self.desc = desc
+        self.sequential = sequential
+        self.rounds = 0
+        self.generate_calls = 0
+
+    def _log(self, msg: str, *args) -> None:
+        if self.logger:
+            self.logger.info(msg, *args)
+
+    def _send(self, calls: Sequence[Call]) -> Results:
+        """All calls of a round: one ``generate`` per engine, results back in call order."""
+        groups: dict[str, list[int]] = {}
+        for i, call in enumerate(calls):
+            groups.setdefault(self.agents.role(call.role).engine_key, []).append(i)
+        out: list[Optional[list[Completion]]] = [None] * len(calls)
+        for key, idxs in groups.items():
+            roles = sorted({calls[i].role for i in idxs})
+            t0 = time.time()
+            try:
+                got = self.agents.generate(key, [calls[i].request for i in idxs])
+            except Exception as exc:
+                raise CRVError(
+                    f"engine of {'/'.join(roles)} failed in round {self.rounds + 1} on {len(idxs)} requests: "
+                    f"{type(exc).__name__}: {exc}. Finished calls are kept in the response cache; rerun the "
+                    "same command to continue.") from exc
+            self.generate_calls += 1
+            samples = sum(calls[i].request.n for i in idxs)
+            self._log("round %d: %s: %d requests, %d samples in %.1f s", self.rounds + 1, "/".join(roles),
+                      len(idxs), samples, time.time() - t0)
+            for i, comps in zip(idxs, got):
+                out[i] = comps
+        return out  # type: ignore[return-value]
+
+    def _send_one_by_one(self, calls: Sequence[Call]) -> Results:
+        out: Results = []
+        for call in calls:
+            req = call.request
+            comps: list[Completion] = []
+            for j in range(req.n):
+                single = dataclasses.replace(req, n=1, sample_offset=req.sample_offset + j)
+                try:
+                    comps.extend(self.agents.generate(self.agents.role(call.role).engine_key, [single])[0])
+                except Exception as exc:
+                    raise CRVError(f"engine of {call.role} failed: {type(exc).__name__}: {exc}") from exc
+                self.generate_calls += 1
+            out.append(comps)
+        return out
+
+    def run(self, workflows: Sequence[Workflow]) -> list[Any]:
+        """Run all workflows to completion; their results in order."""
+        results: list[Any] = [None] * len(workflows)
+        bar = progress(total=len(workflows), desc=self.desc, unit="job")
+        try:
+            if self.sequential:
+                for i, wf in enumerate(workflows):
+                    try:
+                        calls = next(wf)
+                        while True:
+                            calls = wf.send(self._send_one_by_one(calls))
+                    except StopIteration as stop:
+                        results[i] = stop.value
+                    bar.update(1)
+                return results
+            pending: dict[int, list[Call]] = {}
+            for i, wf in enumerate(workflows):
+                try:
+                    pending[i] = next(wf)
+                except StopIteration as stop:
+                    results[i] = stop.value
+                    bar.update(1)
+            while pending:
+                order = sorted(pending)
+                calls = [c for i in order for c in pending[i]]
+                got = self._send(calls)
+                self.rounds += 1
+                pos = 0
+                for i in order:
+                    k = len(pending[i])
+                    part, pos = got[pos:pos + k], pos + k
+                    try:
+                        pending[i] = workflows[i].send(part)
+                    except StopIteration as stop:
+                        results[i] = stop.value
+                        del pending[i]
+                        bar.update(1)
+                self._log("round %d done: %d workflows finished, %d pending", self.rounds,
+                          len(workflows) - len(pending), len(pending))
+            return results
+        finally:
+            bar.close()

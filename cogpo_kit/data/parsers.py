@@ -1,0 +1,235 @@
+"""Source formats: turn one decoded row of a dataset into the fields of a CoT record.
+
+A parser takes the row's object and a :class:`RowContext` and returns a :class:`Parsed` — the raw
+values for ``id``, ``problem``, ``answer`` and ``reasoning`` (types are checked later by
+:mod:`cogpo_kit.data.validate`), the source field each came from, and ``meta``: the source fields
+whose values are not already in the record unchanged. A row that does not fit the format raises
+:class:`RowProblem` naming the field.
+
+Formats:
+
+- ``gsm8k``: ``question``; ``answer`` = worked solution ending ``#### n``. The text before ``####``
+  is the reasoning with the calculator annotations ``<<...>>`` removed; the answer is ``n`` without
+  thousands commas. Id ``gsm8k-<file stem>-<line-1>``.
+- ``limo``: ``id``, ``question``, ``solution`` (the reasoning trace), ``gold_answer``. Id ``limo-<id>``.
+- ``mapped``: our field names mapped to the file's (``DataConfig.fields``); id ``<file stem>-<line-1>``
+  when the row has none.
+- ``conversations``: Bespoke-Stratos / OpenThoughts / Sky-T1: ``conversations`` = user and assistant
+  turns (``from``/``value`` or ``role``/``content``), id ``<source>-<row index>`` when the row has
+  none; the assistant text holds
+  ``<|begin_of_thought|>…<|end_of_thought|>`` (→ reasoning) and
+  ``<|begin_of_solution|>…<|end_of_solution|>`` (→ ``meta["solution"]``; answer = its last
+  ``\\boxed{}``, or the whole solution when it has none). ``<think>…</think>`` is read the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+OUR_FIELDS = ("id", "problem", "answer", "reasoning")
+
+MISSING: Any = object()
+"""Marks a field the row does not have at all (as opposed to an explicit null)."""
+
+
+class RowProblem(Exception):
+    """A row that cannot become a record: ``reason`` (a short code), the source ``field`` and a message."""
+
+    def __init__(self, reason: str, field: str | None, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class RowContext:
+    """What a parser may need besides the row: the source name, the file, the line, a field map."""
+
+    source: str
+    path: str
+    line: int
+    fields: dict[str, str] = field(default_factory=dict)
+    index: int = 0
+    """0-based position of the row in the whole source (all files of a folder together)."""
+
+    @property
+    def stem(self) -> str:
+        name = self.path[3:] if self.path.startswith("hf:") else Path(self.path).stem
+        return name.replace("/", "_")
+
+
+@dataclass
+class Parsed:
+    """Raw values of our four fields, the source field each came from, and the kept source fields."""
+
+    values: dict[str, Any]
+    origin: dict[str, str]
+    meta: dict[str, Any]
+
+
+def _require_object(obj: Any) -> dict:
+    if not isinstance(obj, dict):
+        raise RowProblem("not_object", None, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+_CALC = re.compile(r"<<[^<>]*>>")
+
+
+def parse_gsm8k(obj: Any, ctx: RowContext) -> Parsed:
+    row = _require_object(obj)
+    solution = row.get("answer", MISSING)
+    if isinstance(solution, str):
+        if "####" not in solution:
+            raise RowProblem("bad_format", "answer", "no '#### <answer>' line in the solution")
+        before, after = solution.rsplit("####", 1)
+        reasoning: Any = _CALC.sub("", before).strip()
+        answer: Any = after.strip().replace(",", "")
+    else:  # missing / null / wrong type: reported by validation under the source field name
+        reasoning = answer = solution
+    meta = {k: v for k, v in row.items() if k != "question"}
+    return Parsed(values={"id": f"gsm8k-{ctx.stem}-{ctx.line - 1}", "problem": row.get("question", MISSING),
+                          "answer": answer, "reasoning": reasoning},
+                  origin={"id": "(line number)", "problem": "question", "answer": "answer", "reasoning": "answer"},
+                  meta=meta)
+
+
+def parse_limo(obj: Any, ctx: RowContext) -> Parsed:
+    row = _require_object(obj)
+    raw_id = row.get("id", MISSING)
+    rid = f"limo-{raw_id}" if isinstance(raw_id, (int, str)) and not isinstance(raw_id, bool) and str(raw_id).strip() \
+        else raw_id
+    meta = {k: v for k, v in row.items() if k not in ("question", "solution", "gold_answer")}
+    return Parsed(values={"id": rid, "problem": row.get("question", MISSING), "answer": row.get("gold_answer", MISSING),
+                          "reasoning": row.get("solution", MISSING)},
+                  origin={"id": "id", "problem": "question", "answer": "gold_answer", "reasoning": "solution"},
+                  meta=meta)
+
+
+def parse_mapped(obj: Any, ctx: RowContext) -> Parsed:
+    row = _require_object(obj)
+    mapping = {f: ctx.fields.get(f, f) for f in OUR_FIELDS}
+    values = {f: row.get(src, MISSING) for f, src in mapping.items()}
+    origin = dict(mapping)
+    if values["id"] is MISSING and "id" not in ctx.fields:
+        values["id"] = f"{ctx.stem}-{ctx.line - 1}"
+        origin["id"] = "(line number)"
+    used = set(mapping.values())
+    meta = {k: v for k, v in row.items() if k not in used}
+    return Parsed(values=values, origin=origin, meta=meta)
+
+
+_USER_ROLES = ("user", "human")
+_ASSISTANT_ROLES = ("assistant", "gpt")
+_THOUGHT = re.compile(r"<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>", re.S)
+_SOLUTION = re.compile(r"<\|begin_of_solution\|>(.*?)(?:<\|end_of_solution\|>|$)", re.S)
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+
+
+def _turn(turn: Any, index: int) -> tuple[str, Any]:
+    if not isinstance(turn, dict):
+        raise RowProblem("wrong_type", "conversations", f"turn {index} is {type(turn).__name__}, expected an object")
+    role = turn.get("from", turn.get("role"))
+    text = turn.get("value", turn.get("content"))
+    if not isinstance(role, str):
+        raise RowProblem("bad_format", "conversations", f"turn {index} has no 'from' (or 'role') string")
+    return role.lower(), text
+
+
+def split_thought_solution(text: str) -> tuple[str, str] | None:
+    """``(thought, solution)`` of an assistant message with thought/solution markers, else ``None``."""
+    m = _THOUGHT.search(text)
+    if m:
+        rest = text[m.end():]
+        s = _SOLUTION.search(rest)
+        return m.group(1).strip(), (s.group(1) if s else rest).strip()
+    m = _THINK.search(text)
+    if m:
+        return m.group(1).strip(), text[m.end():].strip()
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, else ``None``."""
+    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    for start in reversed(starts):
+        depth = 1
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start:i].strip()
+    return None
+
+
+def parse_conversations(obj: Any, ctx: RowContext) -> Parsed:
+    row = _require_object(obj)
+    conv = row.get("conversations", MISSING)
+    if conv is MISSING or conv is None:
+        raise RowProblem("missing_field", "conversations", "value is missing" if conv is MISSING else "value is null")
+    if not isinstance(conv, list):
+        raise RowProblem("wrong_type", "conversations", f"value is {type(conv).__name__}, expected a list of turns")
+    turns = [_turn(t, i) for i, t in enumerate(conv)]
+    users = [text for role, text in turns if role in _USER_ROLES]
+    assistants = [text for role, text in turns if role in _ASSISTANT_ROLES]
+    if not users:
+        raise RowProblem("bad_format", "conversations", "no user turn")
+    if not assistants:
+        raise RowProblem("bad_format", "conversations", "no assistant turn")
+    reply = assistants[-1]
+    if not isinstance(reply, str):
+        raise RowProblem("wrong_type", "conversations", f"assistant text is {type(reply).__name__}, expected a string")
+    parts = split_thought_solution(reply)
+    if parts is None:
+        raise RowProblem("bad_format", "conversations",
+                         "assistant turn has no <|begin_of_thought|>...<|end_of_thought|> (or <think>) markers")
+    thought, solution = parts
+    answer = last_boxed(solution)
+    meta = {k: v for k, v in row.items() if k != "conversations"}
+    meta["solution"] = solution
+    rid = row.get("id", MISSING)
+    if rid is MISSING:
+        rid = f"{ctx.source}-{ctx.index}"
+    return Parsed(values={"id": rid, "problem": users[0], "answer": answer if answer is not None else solution,
+                          "reasoning": thought},
+                  origin={"id": "id" if "id" in row else "(line number)", "problem": "conversations",
+                          "answer": "conversations", "reasoning": "conversations"},
+                  meta=meta)
+
+
+FORMAT_NAMES = {
+    "gsm8k": "GSM8K (question; answer = worked solution ending '#### n')",
+    "limo": "LIMO traces (id, question, solution, gold_answer)",
+    "mapped": "CoT fields (id optional, problem, answer, reasoning)",
+    "conversations": "conversations with thought/solution markers (Bespoke-Stratos / OpenThoughts / Sky-T1)",
+}
+"""Format name -> description for reports."""
+
+PARSERS: dict[str, Callable[[Any, RowContext], Parsed]] = {
+    "gsm8k": parse_gsm8k,
+    "limo": parse_limo,
+    "mapped": parse_mapped,
+    "conversations": parse_conversations,
+}
+"""Format name -> parser."""
+
+
+def detect_format(obj: Any) -> str | None:
+    """The format of a row by its fields, or ``None`` when no CoT mapping is known for it."""
+    if not isinstance(obj, dict):
+        return None
+    if "conversations" in obj:
+        return "conversations"
+    if {"question", "solution", "gold_answer"} <= obj.keys():
+        return "limo"
+    if {"question", "answer"} <= obj.keys() and isinstance(obj["answer"], str) and "####" in obj["answer"]:
+        return "gsm8k"
+    if {"problem", "answer", "reasoning"} <= obj.keys():
+        return "mapped"
+    return None

@@ -1,0 +1,332 @@
+"""llama.cpp back end (llama-cpp-python): the embedded CPU default for the agents.
+
+All samples of a batch run together in one llama.cpp context with a unified KV cache: up to
+``batch_size`` sequences decode in each step (continuous batching: a finished sequence's slot
+takes the next waiting sample at once, its prompt fed in the same step as the others' next
+tokens). Samples of one prompt share its KV cells: the prompt is evaluated once and copied. The
+prompt is the model's own chat template from the GGUF file (the template llama-cpp-python's
+``create_chat_completion`` applies). Each sample has its own sampler chain and seed (derived from
+the request's seed and the sample index), so a sample does not depend on what else is in the
+batch. Label requests are constrained by a GBNF grammar; with ``thinking_end`` set the model
+first writes freely up to that marker, then the grammar applies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from cogpo_kit.engines.base import Completion, EngineError, Request
+from cogpo_kit.engines.common import (apply_stop, choices_grammar, cpu_threads, describe_request,
+                                      fit_prompt, label_completion, sample_seed)
+from cogpo_kit.engines.config import EngineConfig
+
+N_BATCH = 512
+
+
+def use_extra_buffers() -> bool:
+    """Whether llama.cpp may use its extra CPU buffer types (AMX / weight repacking).
+
+    Some containers report AMX in the CPU flags without enabling its register state, and
+    llama.cpp's AMX kernels then die with SIGILL. They are switched off where the CPU reports
+    AMX, unless ``COGPO_LLAMA_EXTRA_BUFTS=1`` (``=0`` switches them off everywhere).
+    """
+    env = os.environ.get("COGPO_LLAMA_EXTRA_BUFTS")
+    if env is not None:
+        return env.strip() == "1"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "amx_tile" not in line.split()
+    except OSError:
+        pass
+    return True
+
+
+def model_params():
+    """llama.cpp model parameters with :func:`use_extra_buffers` applied."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    if hasattr(params, "use_extra_bufts"):
+        params.use_extra_bufts = use_extra_buffers()
+    return params
+
+
+@dataclass
+class _Job:
+    sub: int
+    j: int
+    prompt: list[int]
+    max_new: int
+    label_max: int
+    req: Request
+    seed: int
+
+
+@dataclass
+class _Seq:
+    job: _Job
+    slot: int
+    feed: list[int]
+    pos: int
+    sampler: object
+    phase: int  # 1: free text (thinking or answer); 2: constrained label after thinking
+    reserve: int
+    out: bytearray = field(default_factory=bytearray)
+    n_phase: int = 0
+    n_total: int = 0
+    prefix: str = ""
+    followers: list["_Seq"] = field(default_factory=list)
+    leader: Optional["_Seq"] = None
+
+
+class LlamaCppEngine:
+    """Continuous-batching llama.cpp engine over one GGUF model."""
+
+    name = "llamacpp"
+    streams_results = True
+
+    def __init__(self, config: EngineConfig):
+        try:
+            import llama_cpp
+            from llama_cpp import _internals as internals
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise EngineError("llamacpp: llama-cpp-python is not installed (pip install "
+                              "'llama-cpp-python[server]==0.3.36')") from exc
+        from cogpo_kit.models.resolve import resolve
+
+        res = resolve(config.model)
+        if not res.gguf_path:
+            raise EngineError(f"llamacpp: model '{config.model}' has no GGUF file; use a .gguf file, "
+                              "the embedded model, or another engine (transformers, vllm)")
+        self.config = config
+        self.model_id = f"llamacpp:{res.identity}"
+        self.logger = logging.getLogger("cogpo_kit.engines.llamacpp")
+        self.prompt_truncations: dict[str, int] = {}
+        self._llama = llama_cpp
+        self._lock = threading.Lock()
+        self._model = internals.LlamaModel(path_model=res.gguf_path, params=model_params(), verbose=False)
+        self.n_ctx = int(config.context_length)
+        self.n_parallel = max(1, int(config.batch_size))
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = self.n_ctx
+        cp.n_batch = N_BATCH
+        cp.n_ubatch = N_BATCH
+        cp.n_seq_max = self.n_parallel
+        cp.kv_unified = True
+        cp.n_threads = cp.n_threads_batch = cpu_threads(config.threads)
+        cp.no_perf = True
+        self._ctx = internals.LlamaContext(model=self._model, params=cp, verbose=False)
+        self._batch = internals.LlamaBatch(n_tokens=N_BATCH, embd=0, n_seq_max=1, verbose=False)
+        self._vocab = self._model.vocab
+        meta = self._model.metadata()
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            raise EngineError(f"llamacpp: {res.gguf_path} carries no chat template")
+        bos = self._model.token_get_text(self._model.token_bos())
+        eos = self._model.token_get_text(self._model.token_eos())
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._grammar_cls = __import__("llama_cpp.llama_grammar", fromlist=["LlamaGrammar"]).LlamaGrammar
+        self._internals = internals
+        self._piece = ctypes.create_string_buffer(256)
+
+    # -- tokens ---------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        return self._model.tokenize(text.encode("utf-8"), add_special, True)
+
+    def _piece_bytes(self, token: int) -> bytes:
+        n = self._llama.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        return bytes(self._piece.raw[:max(n, 0)])
+
+    def format_prompt(self, messages: Sequence[dict]) -> list[int]:
+        """Chat-template the messages and tokenize them (special tokens parsed)."""
+        res = self._formatter(messages=[dict(m) for m in messages])
+        return self.tokenize(res.prompt, add_special=not getattr(res, "added_special", False))
+
+    # -- samplers -------------------------------------------------------------------------
+    def _sampler(self, req: Request, seed: int, grammar: Optional[str]):
+        s = self._internals.LlamaSampler()
+        if grammar:
+            s.add_grammar(self._model, self._grammar_cls.from_string(grammar, verbose=False))
+        sp = req.sampling
+        if sp.temperature <= 0:
+            s.add_greedy()
+        else:
+            if sp.top_k and sp.top_k > 0:
+                s.add_top_k(int(sp.top_k))
+            if 0 < sp.top_p < 1:
+                s.add_top_p(float(sp.top_p), 1)
+            s.add_temp(float(sp.temperature))
+            s.add_dist(seed)
+        return s
+
+    def _label_budget(self, req: Request) -> int:
+        longest = max(len(self.tokenize(c, add_special=False)) for c in req.choices or ("x",))
+        return max(int(req.sampling.max_tokens), longest + 1)
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request],
+                 on_result: Optional[Callable[[int, int, Completion], None]] = None) -> list[list[Completion]]:
+        with self._lock:
+            return self._generate(list(requests), on_result)
+
+    def _jobs(self, requests: list[Request]) -> list[_Job]:
+        jobs: list[_Job] = []
+        think = self.config.thinking_end
+        for i, r in enumerate(requests):
+            prompt = self.format_prompt(r.messages)
+            label_max = self._label_budget(r) if r.choices is not None else 0
+            if r.choices is not None and think:
+                budget = int(self.config.max_thinking_tokens) + label_max
+            elif r.choices is not None:
+                budget = label_max
+            else:
+                budget = int(r.sampling.max_tokens)
+            prompt, budget, dropped = fit_prompt(prompt, self.n_ctx, budget, self.config.truncation,
+                                                 describe_request(i, r), self.name)
+            if dropped:
+                self.prompt_truncations[r.tag] = self.prompt_truncations.get(r.tag, 0) + 1
+                self.logger.warning("llamacpp: %s: dropped its %d oldest prompt tokens (truncation: left)",
+                                    describe_request(i, r), dropped)
+            for j in range(r.n):
+                jobs.append(_Job(i, j, prompt, budget, label_max, r, sample_seed(r.sampling.seed,
+                                                                               r.sample_offset + j)))
+        return jobs
+
+    def _generate(self, requests: list[Request], on_result) -> list[list[Completion]]:
+        results: list[list[Optional[Completion]]] = [[None] * r.n for r in requests]
+        pending = deque(self._jobs(requests))  # all prompts checked before any work is done
+        mem = self._ctx.memory
+        llama = self._llama
+        free = list(range(self.n_parallel))[::-1]
+        active: list[_Seq] = []
+        reserved = 0
+        think = self.config.thinking_end
+
+        def start(job: _Job, slot: int, leader: Optional[_Seq]) -> _Seq:
+            r = job.req
+            constrained_now = r.choices is not None and not think
+            grammar = choices_grammar(r.choices) if constrained_now else None
+            llama.llama_memory_seq_rm(mem, slot, -1, -1)
+            reserve = job.max_new + (0 if leader else len(job.prompt))
+            seq = _Seq(job=job, slot=slot, feed=[] if leader else list(job.prompt), pos=0,
+                       sampler=self._sampler(r, job.seed, grammar), phase=1, reserve=reserve, leader=leader)
+            if leader:
+                leader.followers.append(seq)
+            return seq
+
+        def finish(seq: _Seq, reason: str, text: str) -> None:
+            nonlocal reserved
+            job, r = seq.job, seq.job.req
+            if seq.phase == 1 and r.choices is not None and think:  # thinking done: now the label
+                seq.prefix = text + think
+                seq.phase = 2
+                seq.n_phase = 0
+                seq.out = bytearray()
+                seq.sampler = self._sampler(r, job.seed, choices_grammar(r.choices))
+                llama.llama_memory_seq_rm(mem, seq.slot, len(job.prompt), -1)
+                seq.pos = len(job.prompt)
+                seq.feed = self.tokenize(seq.prefix, add_special=False)
+                return
+            full = seq.prefix + text
+            c = label_completion(full, reason, len(job.prompt), seq.n_total, r.choices, think,
+                                 constrained=True)
+            results[job.sub][job.j] = c
+            active.remove(seq)
+            llama.llama_memory_seq_rm(mem, seq.slot, -1, -1)
+            free.append(seq.slot)
+            reserved -= seq.reserve
+            if on_result is not None:
+                on_result(job.sub, job.j, c)
+
+        def step_token(seq: _Seq, token: int) -> None:
+            job, r = seq.job, seq.job.req
+            if llama.llama_vocab_is_eog(self._vocab, token):
+                finish(seq, "stop", seq.out.decode("utf-8", errors="ignore"))
+                return
+            seq.out += self._piece_bytes(token)
+            seq.n_phase += 1
+            seq.n_total += 1
+            text = seq.out.decode("utf-8", errors="ignore")
+            stops = tuple(r.sampling.stop)
+            if seq.phase == 1 and r.choices is not None and think:
+                stops = stops + (think,)
+            if stops:
+                cut, hit = apply_stop(text, stops)
+                if hit:
+                    finish(seq, "stop", cut)
+                    return
+            limit = job.label_max if seq.phase == 2 else (
+                int(self.config.max_thinking_tokens) if (r.choices is not None and think) else job.max_new)
+            if seq.n_phase >= limit or seq.pos + 1 >= self.n_ctx:
+                finish(seq, "length", text)
+                return
+            seq.feed = [token]
+
+        batch = self._batch.batch
+        while pending or active:
+            while pending and free:
+                job = pending[0]
+                leader = next((s for s in reversed(active) if s.phase == 1 and s.leader is None and s.feed
+                               and s.n_total == 0 and s.job.prompt == job.prompt), None)
+                need = job.max_new + (0 if leader else len(job.prompt))
+                if active and reserved + need > self.n_ctx:
+                    break
+                pending.popleft()
+                seq = start(job, free.pop(), leader)
+                reserved += need
+                active.append(seq)
+            n = 0
+            to_sample: list[tuple[_Seq, int]] = []
+            for seq in sorted(active, key=lambda s: len(s.feed)):  # decoding sequences before prompts
+                if not seq.feed or n >= N_BATCH:
+                    continue
+                take = seq.feed[:N_BATCH - n]
+                for tok in take:
+                    batch.token[n] = tok
+                    batch.pos[n] = seq.pos
+                    batch.n_seq_id[n] = 1
+                    batch.seq_id[n][0] = seq.slot
+                    batch.logits[n] = 0
+                    seq.pos += 1
+                    n += 1
+                seq.feed = seq.feed[len(take):]
+                if not seq.feed:
+                    batch.logits[n - 1] = 1
+                    to_sample.append((seq, n - 1))
+            if n == 0:
+                raise EngineError("llamacpp: internal scheduling error (nothing to decode)")
+            batch.n_tokens = n
+            rc = llama.llama_decode(self._ctx.ctx, batch)
+            if rc != 0:
+                raise EngineError(f"llamacpp: llama_decode returned {rc} with {len(active)} sequences "
+                                  f"(context {self.n_ctx} tokens); lower batch_size or raise context_length")
+            for seq, idx in to_sample:
+                if seq.phase == 1 and seq.pos == len(seq.job.prompt):
+                    for f in seq.followers:  # share the evaluated prompt with the other samples
+                        llama.llama_memory_seq_cp(mem, seq.slot, f.slot, 0, seq.pos)
+                        f.pos = seq.pos
+                    group = [seq] + seq.followers
+                    seq.followers = []
+                else:
+                    group = [seq]
+                for s in group:
+                    s.leader = None
+                    tok = llama.llama_sampler_sample(s.sampler.sampler, self._ctx.ctx, idx)
+                    step_token(s, tok)
+        return [[c for c in row] for row in results]  # type: ignore[misc]
+
+    def close(self) -> None:
+        for attr in ("_batch", "_ctx", "_model"):
+            obj = getattr(self, attr, None)
+            if obj is not None:
+                obj.close()
+                setattr(self, attr, None)

@@ -1,0 +1,80 @@
+"""A deterministic engine whose answers come from a Python function.
+
+:class:`ScriptedEngine` implements the :class:`~cogpo_kit.engines.base.Engine` protocol for tests
+and benchmarks of the code that drives engines: a ``responder(request, sample_index)`` decides each
+sample, so every outcome (a label, garbage, an empty answer, an error completion, an engine that
+fails mid-run) can be produced on purpose and reproduced exactly. It counts what it was asked.
+
+    engine = ScriptedEngine(lambda req, i: "medium")
+    engine.generate([Request(messages=(...,), n=2)])   # two "medium" completions
+
+A responder returns a ``str`` (the text; for a request with ``choices`` it is also the chosen
+label when it is one of them), a ready :class:`Completion`, or an ``Exception`` instance, which
+the engine raises (as a back end does when it fails).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Sequence, Union
+
+from cogpo_kit.engines.base import Completion, Request
+
+Responder = Callable[[Request, int], Union[str, Completion, BaseException]]
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+class ScriptedEngine:
+    """An :class:`Engine` answering each sample with ``responder(request, sample_index)``."""
+
+    name = "scripted"
+
+    def __init__(self, responder: Responder, model_id: str = "scripted"):
+        self.responder = responder
+        self.model_id = model_id
+        self.calls = 0
+        """Samples produced (one per completion returned)."""
+        self.batches = 0
+        """``generate`` invocations."""
+        self.batch_sizes: list[int] = []
+        """Requests per ``generate`` invocation, in order."""
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def _complete(self, request: Request, index: int) -> Completion:
+        out = self.responder(request, index)
+        if isinstance(out, BaseException):
+            raise out
+        if isinstance(out, Completion):
+            return out
+        if not isinstance(out, str):
+            raise TypeError(f"scripted responder returned {type(out).__name__}; expected str, Completion "
+                            "or an Exception")
+        prompt_tokens = sum(_words(str(m.get("content", ""))) for m in request.messages)
+        if not out.strip():
+            return Completion(text=out, finish_reason="empty", prompt_tokens=prompt_tokens)
+        choice = out if request.choices and out in request.choices else None
+        return Completion(text=out, finish_reason="stop", prompt_tokens=prompt_tokens,
+                          completion_tokens=_words(out), choice=choice)
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        if self.closed:
+            raise RuntimeError("ScriptedEngine.generate called after close()")
+        with self._lock:
+            self.batches += 1
+            self.batch_sizes.append(len(requests))
+        results: list[list[Completion]] = []
+        for req in requests:
+            samples = []
+            for i in range(req.n):
+                samples.append(self._complete(req, req.sample_offset + i))
+                with self._lock:
+                    self.calls += 1
+            results.append(samples)
+        return results
+
+    def close(self) -> None:
+        self.closed = True

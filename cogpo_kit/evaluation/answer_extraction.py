@@ -1,0 +1,216 @@
+"""Finding the final answer in a model's output (or in a reference solution).
+
+Order of evidence, strongest first:
+
+1. text after the last ``</think>`` (reasoning models), when there is any;
+2. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled; ``\\boxed 5`` too); boxes that
+   sit next to it, separated only by commas, "and", spacing or a few words, are joined
+   (``\\boxed{1} and \\boxed{-2}`` -> ``1, -2``);
+3. "the final answer is ...", "the answer is ...", "Answer: ...", "réponse est ...", "答案：..."
+   (the last one), cut at the end of its sentence;
+4. a short text that is itself an answer (``10\\text{ units}``, ``x + y - z + 2 = 0``) is kept whole;
+5. the last math environment (``$...$``, ``\\(...\\)``, ``\\[...\\]``) when nothing but prose follows it;
+6. the last number.
+
+Every pattern here runs in linear time: model outputs can be long and hostile.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+_BOX_CMDS = ("\\boxed", "\\fbox", "\\framebox")
+
+_ANSWER_PATTERNS = re.compile(
+    r"(?:final\s+answer\s*(?:is|:)|the\s+answer\s+is|answer\s*:|answer\s+is|\banswer\b(?=\s*(?:\$|\\\(|\\\[))"
+    r"|réponse\s+est|réponse\s*:|答案[是为：:])",
+    re.IGNORECASE,
+)
+_HOPE = re.compile(r"\s*I\s+hope\s+it\s+is\s+correct.*$", re.IGNORECASE | re.DOTALL)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
+_MATH_ENV = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$([^$]+?)(?<!\\)\$", re.DOTALL)
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z\u00c0-\u024f]{3,}")
+_LATEX_CMD = re.compile(r"\\[a-zA-Z]+")
+_SEPARATOR_NOISE = re.compile(r"\\(?:quad|qquad|text|textbf|mathrm|mbox|,|;|:|!|\(|\)|\[|\])|[\s${}.,;:+\-*()\[\]\\]")
+
+
+def matching_brace(text: str, open_idx: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``open_idx`` (escaped braces skipped); -1 when unbalanced."""
+    depth = 0
+    i = open_idx
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n and text[i + 1] in "{}":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def find_boxed(text: str) -> list[tuple[int, int, str]]:
+    """All ``\\boxed{...}``-style spans as ``(start, end, content)``, in order."""
+    out: list[tuple[int, int, str]] = []
+    i = 0
+    while True:
+        hits = [(text.find(cmd, i), cmd) for cmd in _BOX_CMDS]
+        hits = [(p, c) for p, c in hits if p >= 0]
+        if not hits:
+            break
+        pos, cmd = min(hits)
+        j = pos + len(cmd)
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            end = matching_brace(text, j)
+            if end < 0:  # unbalanced: take the rest of the line
+                line_end = text.find("\n", j)
+                end = len(text) if line_end < 0 else line_end
+                out.append((pos, end, text[j + 1:end].strip()))
+                break
+            out.append((pos, end + 1, text[j + 1:end].strip()))
+            i = end + 1
+        elif j < len(text) and j > pos + len(cmd) and cmd == "\\boxed":  # "\boxed 5"
+            m = re.match(r"[^\s$.,;]+", text[j:])
+            if m:
+                out.append((pos, j + m.end(), m.group(0)))
+            i = j + (m.end() if m else 1)
+        else:
+            i = j
+    return out
+
+
+def _joinable(separator: str) -> bool:
+    """Boxes separated by this text belong to one answer (commas, "and", spacing, a few words)."""
+    if len(separator) > 60:
+        return False
+    words = [w for w in _WORD.findall(_SEPARATOR_NOISE.sub(" ", separator)) if w.lower() not in {"text", "quad"}]
+    tokens = _SEPARATOR_NOISE.sub(" ", separator).split()
+    return len(words) <= 3 and len(tokens) <= 4
+
+
+def boxed_answer(text: str) -> Optional[str]:
+    """Content of the last box, joined with the boxes right before it that belong with it."""
+    boxes = find_boxed(text)
+    if not boxes:
+        return None
+    group = [boxes[-1]]
+    for prev in reversed(boxes[:-1]):
+        if _joinable(text[prev[1]:group[0][0]]):
+            group.insert(0, prev)
+        else:
+            break
+    parts = [b[2] for b in group if b[2]]
+    if not parts:
+        return None
+    return ", ".join(parts) if len(parts) > 1 else parts[0]
+
+
+def _after_think(text: str) -> str:
+    idx = text.rfind("</think>")
+    if idx >= 0 and text[idx + len("</think>"):].strip():
+        return text[idx + len("</think>"):]
+    return text
+
+
+def _sentence_answer(segment: str) -> Optional[str]:
+    """The answer inside the text following "the answer is"."""
+    segment = _HOPE.sub("", segment).strip()
+    segment = segment.strip(" \t\"'*:")
+    if not segment:
+        return None
+    m = re.match(r"\s*(\$\$|\$|\\\(|\\\[)", segment)
+    if m:  # the answer is a math environment: take it whole
+        closer = {"$$": "$$", "$": "$", "\\(": "\\)", "\\[": "\\]"}[m.group(1)]
+        end = segment.find(closer, m.end())
+        if end > m.end():
+            inner = segment[m.end():end].strip()
+            rest = segment[end + len(closer):]
+            # "$12 $ and $13 $": keep joined math pieces
+            more = re.match(r"\s*(and|or|,)\s*\$([^$]+)\$", rest)
+            if more:
+                inner = f"{inner} {more.group(1)} {more.group(2).strip()}"
+            return inner.rstrip(" .")
+    # plain text: up to the end of the sentence or line
+    cut = re.search(r"(?<!\d)\.(?:\s|$)|\.\s*$|\n|;\s", segment)
+    piece = segment[: cut.start()] if cut else segment
+    piece = piece.strip().rstrip(".")
+    if not piece:
+        return None
+    # "The volume of $X$ is 120" -> "120"
+    if _WORD.search(_LATEX_CMD.sub(" ", piece)) and " is " in piece:
+        piece = piece.rsplit(" is ", 1)[1].strip()
+    return piece.strip(" .") or None
+
+
+def answer_phrase(text: str) -> Optional[str]:
+    """The answer after the last "the answer is" (or similar), if any."""
+    last = None
+    for m in _ANSWER_PATTERNS.finditer(text):
+        last = m
+    if last is None:
+        return None
+    return _sentence_answer(text[last.end():])
+
+
+def is_bare_answer(text: str) -> bool:
+    """A short text with hardly any prose: it is the answer itself."""
+    t = text.strip()
+    if not t or len(t) > 80 or "\n" in t.strip():
+        return False
+    prose = _LATEX_CMD.sub(" ", re.sub(r"\\(?:text|textbf|mbox|mathrm|textnormal)\{[^{}]*\}", " ", t))
+    words = _WORD.findall(prose)
+    return len(words) <= 2
+
+
+def last_math_env(text: str) -> Optional[str]:
+    """Content of the last math environment, if no number follows it in the text."""
+    last = None
+    for m in _MATH_ENV.finditer(text):
+        last = m
+    if last is None:
+        return None
+    tail = text[last.end():]
+    if _NUMBER.search(tail):
+        return None
+    content = next(g for g in last.groups() if g is not None).strip()
+    return content or None
+
+
+def last_number(text: str) -> Optional[str]:
+    """The last number in the text (thousands separators kept, trailing period dropped)."""
+    last = None
+    for m in _NUMBER.finditer(text):
+        last = m
+    if last is None:
+        return None
+    return last.group(0).rstrip(",").strip()
+
+
+def extract_answer(text: Optional[str]) -> Optional[str]:
+    """The final answer in a completion or solution: boxed / "answer is" / whole short answer /
+    last math / last number (see the module docstring); ``None`` when there is none."""
+    if text is None:
+        return None
+    text = _after_think(str(text))
+    if not text.strip():
+        return None
+    boxed = boxed_answer(text)
+    if boxed is not None:
+        return boxed
+    phrase = answer_phrase(text)
+    if phrase:
+        return phrase
+    if is_bare_answer(text):
+        return text.strip().rstrip(".").strip()
+    env = last_math_env(text)
+    if env:
+        return env
+    return last_number(text)
