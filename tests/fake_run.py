@@ -39,7 +39,7 @@ def write_params(root: Path, run_id: str = "fake", *, sweep: Sequence[float] = (
     return path
 
 
-def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str] | None = None,
+def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str | None] | None = None,
                   stages: Sequence[str] = STAGES[:-1], sweep: Sequence[float] = (0.5, 2.0), seed: int = 0) -> Path:
     """Write ``<root>/outputs/<run_id>/`` with the artifacts of ``stages``; return the params file."""
     rng = random.Random(seed)
@@ -48,7 +48,7 @@ def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str] | N
     tree = params_dict(params)
     run = run_dir(params)
     levels = list(levels if levels is not None else
-                  ["easy"] * 6 + ["medium"] * 2 + ["hard"] * 3 + ["easy"])
+                  ["easy"] * 6 + ["medium"] * 2 + ["hard"] * 3 + ["easy", None])
     ids = [f"ex{i:03d}" for i in range(len(levels))]
     answers = {i: str(10 + k) for k, i in enumerate(ids)}
     inputs = [{"id": i, "problem": f"What is {k} plus {k + 10}? <b>bold</b>", "answer": answers[i],
@@ -67,19 +67,25 @@ def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str] | N
     if "01_critique" in stages:
         crits = []
         for i, lvl in zip(ids, levels):
-            votes = [lvl, lvl] if rng.random() < 0.6 else [lvl, "hard" if lvl != "hard" else "easy", lvl]
-            crits.append({"id": i, "votes": votes, "raw": votes, "level": lvl, "reasks": 0})
+            votes = [lvl, lvl] if lvl and rng.random() < 0.6 else [lvl or "easy", "hard", "medium"]
+            crits.append({"id": i, "votes": votes, "raw": votes, "level": lvl, "reasks": int(lvl is None),
+                          "reason": None if lvl else "no_majority"})
+        unlabeled = levels.count(None)
         stage("01_critique", {"input.jsonl": inputs, "critiques.jsonl": crits},
-              {"input": len(ids), **{lvl: levels.count(lvl) for lvl in ("easy", "medium", "hard")}},
-              notes=[f"levels skewed: {levels.count('easy')} of {len(ids)} CoTs rated easy"])
+              {"records": len(ids), **{lvl: levels.count(lvl) for lvl in ("easy", "medium", "hard")}},
+              notes=[f"{unlabeled} of {len(ids)} CoTs got no Critic label (no majority)."] if unlabeled else [])
 
-    rewrites, incorrect, sft = [], [], []
+    # The rethink stage's rows: every attempt in rewrites.jsonl (kind medium / expand / simplify / corrupt),
+    # the incorrect CoT found per example in incorrect.jsonl, D_SFT* in sft.jsonl.
+    rewrites, incorrect, sft, discards = [], [], [], {}
     for (i, lvl), row in zip(zip(ids, levels), inputs):
-        if lvl == "medium":
-            rewrites.append({"id": i, "level": lvl, "attempt": 0, "text": row["reasoning"], "verdict": "YES",
-                             "rerating": None, "outcome": "kept"})
+        if lvl is None:
+            discards["critic_no_majority"] = discards.get("critic_no_majority", 0) + 1
+        elif lvl == "medium":
+            rewrites.append({"id": i, "kind": "medium", "attempt": 0, "outcome": "kept",
+                             "verification": {"verdict": "YES", "mode": "judge", "raw": ["YES"]}})
             sft.append({"id": i, "problem": row["problem"], "answer": row["answer"], "reasoning": row["reasoning"],
-                        "response": row["reasoning"], "origin": "medium", "attempt": 0})
+                        "response": row["reasoning"], "origin": "medium", "attempt": 0, "level": lvl})
         else:
             attempts = rng.randint(1, 3)
             for a in range(1, attempts + 1):
@@ -87,25 +93,34 @@ def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str] | N
                 words.insert(rng.randrange(len(words)), "carefully")
                 if lvl == "hard":
                     del words[rng.randrange(len(words))]
-                last = a == attempts
-                passed = last and rng.random() < 0.7
-                rewrites.append({"id": i, "level": lvl, "attempt": a, "text": " ".join(words),
-                                 "verdict": "YES" if passed else "NO", "rerating": "medium" if passed else None,
-                                 "outcome": "kept" if passed else ("discarded" if last else "retry")})
+                passed = a == attempts and rng.random() < 0.7
+                text = " ".join(words)
+                rewrites.append({"id": i, "kind": "expand" if lvl == "easy" else "simplify", "attempt": a,
+                                 "raw": text, "rewrite": text, "reached_answer": row["answer"],
+                                 "verification": {"verdict": "YES" if passed else "NO", "mode": "judge"},
+                                 **({"rerating": {"level": "medium", "votes": ["medium", "medium"]}} if passed else {}),
+                                 "outcome": "kept" if passed else "verifier_no"})
                 if passed:
-                    sft.append({"id": i, "problem": row["problem"], "answer": row["answer"],
-                                "reasoning": " ".join(words), "response": " ".join(words), "origin": lvl + "*",
-                                "attempt": a})
+                    sft.append({"id": i, "problem": row["problem"], "answer": row["answer"], "reasoning": text,
+                                "response": text, "origin": lvl + "*", "attempt": a, "level": lvl})
+            if not any(r["id"] == i and r["outcome"] == "kept" for r in rewrites):
+                discards["max_attempts"] = discards.get("max_attempts", 0) + 1
         wrong = str(int(row["answer"]) + 1)
-        incorrect.append({"id": i, "level": lvl, "text": row["reasoning"].replace(row["answer"], wrong),
-                          "reached_answer": wrong, "ok": True})
-    funnel = {"input CoTs": len(ids), "rated": len(ids), "easy": levels.count("easy"),
-              "medium": levels.count("medium"), "hard": levels.count("hard"),
-              "verified": sum(1 for r in rewrites if r["verdict"] == "YES"),
-              "re-rated medium": sum(1 for r in rewrites if r["rerating"] == "medium"), "D_SFT*": len(sft)}
+        gold_again = row["reasoning"]
+        rewrites.append({"id": i, "kind": "corrupt", "attempt": 1, "rewrite": gold_again,
+                         "reached_answer": row["answer"], "outcome": "reaches_gold"})
+        text = row["reasoning"].replace(row["answer"], wrong)
+        rewrites.append({"id": i, "kind": "corrupt", "attempt": 2, "rewrite": text, "reached_answer": wrong,
+                         "outcome": "kept"})
+        incorrect.append({"id": i, "problem": row["problem"], "answer": row["answer"], "reasoning": text,
+                          "reached_answer": wrong, "response": text, "attempt": 2, "level": lvl})
+    funnel = {"examples": len(ids), "levels": {k: levels.count(k) for k in ("easy", "medium", "hard")} | {
+              "none": levels.count(None)},
+              "sft": {"total": len(sft), **{k: sum(1 for r in sft if r["origin"] == k) for k in ("medium", "easy*", "hard*")}},
+              "discards": discards, "incorrect": {"found": len(incorrect)}}
     if "02_rethink" in stages:
         stage("02_rethink", {"rewrites.jsonl": rewrites, "incorrect.jsonl": incorrect, "sft.jsonl": sft},
-              {"sft": len(sft), "incorrect": len(incorrect)}, funnel=funnel)
+              {"records": len(ids), "sft": len(sft), "incorrect": len(incorrect)}, funnel=funnel)
 
     pairs = []
     by_id = {r["id"]: r for r in inputs}
@@ -114,11 +129,11 @@ def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str] | N
         wrong = next(r for r in incorrect if r["id"] == s["id"])
         prompt = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": orig["problem"]}]
         if s["origin"] == "medium":
-            pairs.append((prompt, s["response"], wrong["text"], "large", 0.5, "medium", "incorrect", s["id"]))
+            pairs.append((prompt, s["response"], wrong["reasoning"], "large", 0.5, "medium", "incorrect", s["id"]))
         else:
             pairs.append((prompt, s["response"], orig["reasoning"], "small", 0.1, s["origin"], "original", s["id"]))
-            pairs.append((prompt, orig["reasoning"], wrong["text"], "medium", 0.2, "original", "incorrect", s["id"]))
-            pairs.append((prompt, s["response"], wrong["text"], "large", 0.5, s["origin"], "incorrect", s["id"]))
+            pairs.append((prompt, orig["reasoning"], wrong["reasoning"], "medium", 0.2, "original", "incorrect", s["id"]))
+            pairs.append((prompt, s["response"], wrong["reasoning"], "large", 0.5, s["origin"], "incorrect", s["id"]))
     pair_rows = [{"id": f"p{k:03d}", "prompt": p, "chosen": c, "rejected": r,
                   "gap": g, "beta": b, "chosen_kind": ck, "rejected_kind": rk, "source_id": sid}
                  for k, (p, c, r, g, b, ck, rk, sid) in enumerate(pairs)]
@@ -135,7 +150,7 @@ def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str] | N
         st.counts.update({"crv_sft": len(sft), "sft": len(ids)})
         st.finish()
 
-    methods = ["cogpo", "dpo", "beta_dpo", "simpo"] + [f"cogpo_beta{s}" for s in sweep]
+    methods = ["cogpo", "dpo", "beta_dpo", "simpo"] + [f"cogpo_x{f:g}" for f in sweep]
     if "05_preference" in stages:
         st = open_stage(run, "05_preference", stage_params(tree, "05_preference"))
         for m in methods:
@@ -143,13 +158,13 @@ def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str] | N
             for s in range(1, 7):
                 row = {"step": s, "loss": 0.69 - 0.03 * s + rng.random() * 0.01, "rewards/margins": 0.02 * s}
                 if m.startswith("cogpo"):
-                    row.update({f"rewards/margins/{g}": 0.01 * s * (k + 1) for k, g in enumerate(("small", "medium", "large"))})
+                    row.update({f"{g}_gap/rewards/margins": 0.01 * s * (k + 1) for k, g in enumerate(("small", "medium", "large"))})
                 rows.append(row)
             atomic_write_jsonl(st.path / m / "metrics.jsonl", rows)
         st.note("no medium CoTs with a verified rewrite: few large-gap pairs")
         st.finish()
 
-    models = ["zero_shot", "sft", "crv_sft", "cogpo", "dpo", "beta_dpo", "simpo"] + [f"cogpo_beta{s}" for s in sweep]
+    models = ["zero_shot", "sft", "crv_sft", "cogpo", "dpo", "beta_dpo", "simpo"] + [f"cogpo_x{f:g}" for f in sweep]
     if "06_evaluate" in stages:
         st = open_stage(run, "06_evaluate", stage_params(tree, "06_evaluate"))
         comparison = []

@@ -9,52 +9,23 @@ a boxed answer.
 
 from __future__ import annotations
 
-import re
 from typing import Optional
+
+from cogpo_kit.evaluation.grading import extract_answer, grade
 
 _FINAL_LINE = "The final answer is \\boxed{{{answer}}}"
 
 
-def _grading():
-    try:
-        from cogpo_kit.evaluation import grading
-    except ImportError:
-        return None
-    if hasattr(grading, "grade") and hasattr(grading, "extract_answer"):
-        return grading
-    return None
-
-
-def _fallback_extract(text: str) -> Optional[str]:
-    boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
-    if boxed:
-        return boxed[-1].strip()
-    nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
-    return nums[-1].replace(",", "") if nums else None
-
-
-def _fallback_grade(pred: str, gold: str) -> bool:
-    def norm(s: str) -> str:
-        s = s.strip().replace(",", "").replace("$", "").rstrip(".")
-        try:
-            return repr(float(s))
-        except ValueError:
-            return s.lower()
-    return norm(pred) == norm(gold)
-
-
 def reached_answer(text: str) -> Optional[str]:
     """The final answer ``text`` reaches (``None`` when it reaches none)."""
-    g = _grading()
-    return g.extract_answer(text) if g else _fallback_extract(text)
+    return extract_answer(text)
 
 
 def same_answer(prediction: Optional[str], gold: str) -> bool:
     """Whether ``prediction`` is the gold answer by the kit's grader."""
     if prediction is None:
         return False
-    g = _grading()
-    return bool(g.grade(prediction, gold, kind="math")) if g else _fallback_grade(prediction, gold)
+    return bool(grade(prediction, gold, kind="math"))
 
 
 def ends_with_boxed(text: str) -> bool:

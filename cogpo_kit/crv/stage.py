@@ -48,7 +48,7 @@ def _load_records(params, stage) -> tuple[list[CoTRecord], Any]:
     from cogpo_kit.data.loaders import load_cot
 
     rejects = stage.file("rejects.jsonl") if params.data.on_invalid == "reject" else None
-    records, report = load_cot(params.data, rejects_path=rejects)
+    records, report = load_cot(params.data, rejects_path=rejects, logger=stage.logger)
     if params.data.path:
         stage.add_input(params.data.path)
     return list(records), report
@@ -114,7 +114,8 @@ def run_critique(params, *, records: Optional[Sequence[CoTRecord]] = None,
         for note in level_notes(levels):
             stage.note(note)
         _label_notes(stage, funnel["labels"])
-        stage.counts.update({"records": len(records), **{f"level_{k}": v for k, v in levels.items()}})
+        stage.counts.update({"records": len(records), "rejected": getattr(report, "n_rejected", 0),
+                             **{f"level_{k}": v for k, v in levels.items()}})
         stage.agents.update(funnel["calls"]["by_tag"])
         stage.logger.info("levels: %s; critic samples %d (naive %d)", levels, ee["samples_asked"], ee["naive_samples"])
         return stage.finish(funnel=funnel)

@@ -10,13 +10,15 @@ fails mid-run) can be produced on purpose and reproduced exactly. It counts what
 
 A responder returns a ``str`` (the text; for a request with ``choices`` it is also the chosen
 label when it is one of them), a ready :class:`Completion`, or an ``Exception`` instance, which
-the engine raises (as a back end does when it fails).
+the engine raises (as a back end does when it fails). Like the streaming back ends, it reports
+each sample through ``on_result`` as soon as it is done, so the response cache keeps the samples
+finished before a failure.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from cogpo_kit.engines.base import Completion, Request
 
@@ -31,6 +33,7 @@ class ScriptedEngine:
     """An :class:`Engine` answering each sample with ``responder(request, sample_index)``."""
 
     name = "scripted"
+    streams_results = True
 
     def __init__(self, responder: Responder, model_id: str = "scripted"):
         self.responder = responder
@@ -60,19 +63,23 @@ class ScriptedEngine:
         return Completion(text=out, finish_reason="stop", prompt_tokens=prompt_tokens,
                           completion_tokens=_words(out), choice=choice)
 
-    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+    def generate(self, requests: Sequence[Request],
+                 on_result: Optional[Callable[[int, int, Completion], None]] = None) -> list[list[Completion]]:
         if self.closed:
             raise RuntimeError("ScriptedEngine.generate called after close()")
         with self._lock:
             self.batches += 1
             self.batch_sizes.append(len(requests))
         results: list[list[Completion]] = []
-        for req in requests:
+        for r, req in enumerate(requests):
             samples = []
             for i in range(req.n):
-                samples.append(self._complete(req, req.sample_offset + i))
+                c = self._complete(req, req.sample_offset + i)
+                samples.append(c)
                 with self._lock:
                     self.calls += 1
+                if on_result is not None:
+                    on_result(r, i, c)
             results.append(samples)
         return results
 

@@ -28,9 +28,10 @@ _ANSWER_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 _HOPE = re.compile(r"\s*I\s+hope\s+it\s+is\s+correct.*$", re.IGNORECASE | re.DOTALL)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"(?<![A-Za-z_])(?:-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+)")
 _MATH_ENV = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$([^$]+?)(?<!\\)\$", re.DOTALL)
-_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z\u00c0-\u024f]{3,}")
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z\u00c0-\u024f]{3,}|[\u3040-\u30ff\u4e00-\u9fff]+")
+_FIRST_MATH = re.compile(r"\\frac\s*\{[^{}]*\}\s*\{[^{}]*\}|-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _LATEX_CMD = re.compile(r"\\[a-zA-Z]+")
 _SEPARATOR_NOISE = re.compile(r"\\(?:quad|qquad|text|textbf|mathrm|mbox|,|;|:|!|\(|\)|\[|\])|[\s${}.,;:+\-*()\[\]\\]")
 
@@ -122,7 +123,7 @@ def _after_think(text: str) -> str:
 
 def _sentence_answer(segment: str) -> Optional[str]:
     """The answer inside the text following "the answer is"."""
-    segment = _HOPE.sub("", segment).strip()
+    segment = _HOPE.sub("", segment).replace('\\"', '"').strip()
     segment = segment.strip(" \t\"'*:")
     if not segment:
         return None
@@ -130,6 +131,8 @@ def _sentence_answer(segment: str) -> Optional[str]:
     if m:  # the answer is a math environment: take it whole
         closer = {"$$": "$$", "$": "$", "\\(": "\\)", "\\[": "\\]"}[m.group(1)]
         end = segment.find(closer, m.end())
+        while closer == "$" and end > 0 and segment[end - 1] == "\\":
+            end = segment.find(closer, end + 1)
         if end > m.end():
             inner = segment[m.end():end].strip()
             rest = segment[end + len(closer):]
@@ -139,7 +142,7 @@ def _sentence_answer(segment: str) -> Optional[str]:
                 inner = f"{inner} {more.group(1)} {more.group(2).strip()}"
             return inner.rstrip(" .")
     # plain text: up to the end of the sentence or line
-    cut = re.search(r"(?<!\d)\.(?:\s|$)|\.\s*$|\n|;\s", segment)
+    cut = re.search(r"(?<!\d)\.(?:\s|$)|\.\s*$|\n|;\s|。", segment)
     piece = segment[: cut.start()] if cut else segment
     piece = piece.strip().rstrip(".")
     if not piece:
@@ -147,27 +150,43 @@ def _sentence_answer(segment: str) -> Optional[str]:
     # "The volume of $X$ is 120" -> "120"
     if _WORD.search(_LATEX_CMD.sub(" ", piece)) and " is " in piece:
         piece = piece.rsplit(" is ", 1)[1].strip()
+    if not is_bare_answer(piece):
+        # prose around the answer: its first math environment or number
+        env = _MATH_ENV.search(piece)
+        if env:
+            return next(g for g in env.groups() if g is not None).strip() or None
+        first = _FIRST_MATH.search(piece)
+        return first.group(0).rstrip(",").strip() if first else None
     return piece.strip(" .") or None
+
+
+def _last_phrase(text: str):
+    last = None
+    for m in _ANSWER_PATTERNS.finditer(text):
+        last = m
+    return last
 
 
 def answer_phrase(text: str) -> Optional[str]:
     """The answer after the last "the answer is" (or similar), if any."""
-    last = None
-    for m in _ANSWER_PATTERNS.finditer(text):
-        last = m
+    last = _last_phrase(text)
     if last is None:
         return None
     return _sentence_answer(text[last.end():])
 
 
 def is_bare_answer(text: str) -> bool:
-    """A short text with hardly any prose: it is the answer itself."""
+    """A short text with hardly any prose (and none before its math): it is the answer itself."""
     t = text.strip()
-    if not t or len(t) > 80 or "\n" in t.strip():
+    if not t or len(t) > 80 or "\n" in t:
         return False
-    prose = _LATEX_CMD.sub(" ", re.sub(r"\\(?:text|textbf|mbox|mathrm|textnormal)\{[^{}]*\}", " ", t))
-    words = _WORD.findall(prose)
-    return len(words) <= 2
+    t = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]+\}", " ", t)
+    prose = _LATEX_CMD.sub(" ", re.sub(r"\\(?:text|textbf|mbox|mathrm|textnormal)\s*\{[^{}]*\}", " ", t))
+    words = list(_WORD.finditer(prose))
+    if len(words) > 2:
+        return False
+    first_math = re.search(r"[\d$\\=<>]", prose)
+    return not (words and first_math and words[0].start() < first_math.start())
 
 
 def last_math_env(text: str) -> Optional[str]:
@@ -202,10 +221,16 @@ def extract_answer(text: Optional[str]) -> Optional[str]:
     text = _after_think(str(text))
     if not text.strip():
         return None
-    boxed = boxed_answer(text)
-    if boxed is not None:
-        return boxed
-    phrase = answer_phrase(text)
+    boxes = find_boxed(text)
+    phrase_at = _last_phrase(text)
+    phrase = answer_phrase(text) if phrase_at else None
+    if boxes:
+        # a stated answer after the last box wins ("\boxed{200} ... The final answer is $10,455$")
+        if phrase and phrase_at.start() > boxes[-1][1] and re.search(r"[\d\\]", phrase):
+            return phrase
+        boxed = boxed_answer(text)
+        if boxed is not None:
+            return boxed
     if phrase:
         return phrase
     if is_bare_answer(text):

@@ -37,3 +37,23 @@ class EvalParams:
     """Wall-clock limit of one program run on one test."""
     mmlu_subjects: tuple[str, ...] = ()
     """MMLU subjects to include (empty: all)."""
+    mmlu_split: str = "test"
+    """MMLU split file: ``test``, ``val`` or ``dev``."""
+    livecodebench_path: Optional[str] = None
+    """A LiveCodeBench ``code_generation_lite`` JSONL file (public + private tests); ``None``: the shipped v5
+    prompts with only the sample tests parsed from each statement."""
+    data_dir: Optional[str] = None
+    """Folder holding the benchmark files (``None``: the project's ``data/``)."""
+    templates: dict[str, str] = field(default_factory=dict)
+    """Per-benchmark prompt template overriding the registry's (``{question}``, ``{choices}`` are filled in)."""
+    system_prompt: Optional[str] = None
+    """System message sent before every prompt (``None``: none; the model's chat template still applies)."""
+    choice_extractor: str = "default"
+    """Letter extractor that gives the multiple-choice score (``strict``, ``leading``, ``flexible``, ``default``);
+    all of them are reported side by side."""
+    code_memory_mb: int = 1024
+    """Address-space limit of one program run (MiB)."""
+    compare_to: Optional[str] = "sft"
+    """Reference model of the paired comparisons in ``comparison.csv`` (``None`` or absent: the first model)."""
+    include_beta_sweep: bool = True
+    """Also evaluate the ``cogpo_x<f>`` models of ``preference.beta_sweep`` when ``cogpo`` is evaluated."""

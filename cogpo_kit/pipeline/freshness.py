@@ -14,6 +14,7 @@ A stage's manifest **matches** (and ``cogpo-kit run`` skips the stage unless ``-
    (:data:`UPSTREAM`), so redoing a stage redoes the stages after it that read its outputs.
 
 The run location (``run.output_dir``, ``run.run_id``) is never compared: moving a run folder keeps it valid.
+Code changes are not detected either: after changing a stage's code, redo it with ``--force``.
 """
 
 from __future__ import annotations

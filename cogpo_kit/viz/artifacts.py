@@ -24,14 +24,11 @@ GAPS = ("small", "medium", "large")
 FILES = {
     "input": "01_critique/input.jsonl",
     "critiques": "01_critique/critiques.jsonl",
-    "rejects": "01_critique/rejects.jsonl",
     "rewrites": "02_rethink/rewrites.jsonl",
     "incorrect": "02_rethink/incorrect.jsonl",
     "sft": "02_rethink/sft.jsonl",
     "pairs": "03_pairs/pairs.jsonl",
 }
-SFT_DIR = "04_sft"
-PREFERENCE_DIR = "05_preference"
 EVAL_DIR = "06_evaluate"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
@@ -44,9 +41,13 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
               "reasoning": ("reasoning", "cot"), "source": ("source",), "meta": ("meta",)},
     "critiques": {"id": ("id",), "votes": ("votes",), "raw": ("raw", "raw_outputs"), "level": ("level", "label"),
                   "reasks": ("reasks",)},
-    "rewrites": {"id": ("id",), "level": ("level",), "attempt": ("attempt",), "text": ("text", "reasoning", "rewrite"),
-                 "verdict": ("verdict",), "rerating": ("rerating", "re_rating", "recritique"), "outcome": ("outcome",)},
-    "incorrect": {"id": ("id",), "level": ("level",), "text": ("text", "reasoning"),
+    # One row per attempt: rewrites (kind medium / expand / simplify) and incorrect-CoT attempts (kind corrupt).
+    "rewrites": {"id": ("id",), "kind": ("kind",), "level": ("level",), "attempt": ("attempt",),
+                 "text": ("text", "rewrite", "reasoning"), "verdict": ("verdict",),
+                 "rerating": ("rerating", "re_rating", "recritique"), "outcome": ("outcome",),
+                 "reached_answer": ("reached_answer",)},
+    # The incorrect CoT kept per example (only examples that have one; ``ok`` false marks an unusable one).
+    "incorrect": {"id": ("id",), "level": ("level",), "text": ("text", "reasoning", "response"),
                   "reached_answer": ("reached_answer", "extracted"), "ok": ("ok", "is_incorrect")},
     "sft": {"id": ("id",), "problem": ("problem",), "answer": ("answer",), "reasoning": ("reasoning",),
             "response": ("response",), "origin": ("origin", "level"), "attempt": ("attempt",)},
@@ -59,17 +60,25 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
 REQUIRED: dict[str, tuple[str, ...]] = {
     "input": ("id", "reasoning"),
     "critiques": ("id", "level"),
-    "rewrites": ("id", "text"),
+    "rewrites": ("id",),
     "incorrect": ("id", "text"),
     "sft": ("id",),
     "pairs": ("chosen", "rejected", "gap"),
     "samples": ("output", "correct"),
 }
 
+# Values a field takes when the file leaves it out.
+DEFAULTS: dict[str, dict[str, Any]] = {"incorrect": {"ok": True}}
+INCORRECT_KIND = "corrupt"
+"""``kind`` of the rewrite rows that are attempts at an incorrect CoT."""
+NO_LABEL = "no label"
+"""Shown for a CoT the Critic gave no level (``level: null``)."""
+
 # Training metrics (TRL log history rows).
 METRIC_STEP = ("step", "global_step")
 METRIC_LOSS = ("loss", "train_loss")
-MARGIN_PREFIX = "rewards/margins"  # "rewards/margins" overall, "rewards/margins/<gap>" per gap
+MARGIN_KEY = re.compile(r"^(?:(?P<gap>[a-z]+)_gap/)?rewards/margins(?:/(?P<gap2>[a-z]+))?$")
+"""Reward margins: ``rewards/margins`` (all pairs), ``<gap>_gap/rewards/margins`` or ``rewards/margins/<gap>``."""
 
 # Evaluation results: per-benchmark metrics dict spellings.
 SCORE_KEYS = ("pass@1", "pass_at_1", "accuracy", "acc", "score")
@@ -77,7 +86,7 @@ CI_KEYS = ("ci95", "ci", "ci_95")
 CI_LOW_KEYS = ("ci_low", "ci_lo", "low")
 CI_HIGH_KEYS = ("ci_high", "ci_hi", "high")
 N_KEYS = ("n", "count", "problems", "num_problems")
-# Models of a beta sweep: "cogpo_beta0.5", "cogpo_beta_x2", "cogpo@0.5" (scale of the CogPO betas).
+# Models of a beta sweep: "cogpo_x0.5", "cogpo_beta2", "cogpo@0.5" (scale of the CogPO betas).
 SWEEP_PATTERN = re.compile(r"^cogpo(?:_beta|@|_x|_beta_x)(?P<scale>[0-9]+(?:\.[0-9]+)?)$")
 
 # Display names in the paper's spelling (Table 2), in its column order.
@@ -134,10 +143,34 @@ def normalize_rows(kind: str, rows: Iterable[tuple[int, Any]], path: str | os.Pa
                 raise DataError(f"missing field (a {kind} row needs {', '.join(required)})",
                                 path=path, line=lineno, field=canon)
             else:
-                norm[canon] = None
+                norm[canon] = DEFAULTS.get(kind, {}).get(canon)
+        if kind == "rewrites":
+            _nested_labels(norm)
         norm["_line"] = lineno
         out.append(norm)
     return out
+
+
+def _nested_labels(row: dict) -> None:
+    """The Verifier's verdict and the Critic's re-rating may be nested objects: keep their label."""
+    verification = row.get("verification")
+    if row.get("verdict") is None and isinstance(verification, dict):
+        row["verdict"] = verification.get("verdict")
+    if isinstance(row.get("rerating"), dict):
+        row["rerating_votes"] = row["rerating"].get("votes")
+        row["rerating"] = row["rerating"].get("level") or NO_LABEL
+
+
+def margin_gap(key: str) -> str | None:
+    """``"all"`` or the gap of a reward-margin metric key; ``None`` for other keys."""
+    m = MARGIN_KEY.match(key)
+    if not m:
+        return None
+    return m.group("gap") or m.group("gap2") or "all"
+
+
+def level_of(value: Any) -> str:
+    return str(value) if value else NO_LABEL
 
 
 def read_rows(kind: str, path: str | os.PathLike) -> list[dict]:
@@ -167,79 +200,6 @@ def prompt_text(value: Any) -> str:
         users = [m for m in value if isinstance(m, dict) and m.get("role") != "system"]
         return text_of(users or value)
     return text_of(value)
-
-
-def _as_percent(x: Any) -> float | None:
-    if x is None:
-        return None
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
-
-
-def _bench_metrics(model: str, bench: str, metrics: Any, source: Path) -> dict:
-    if isinstance(metrics, (int, float)) and not isinstance(metrics, bool):
-        metrics = {"score": metrics}
-    if not isinstance(metrics, dict):
-        raise DataError(f"results of benchmark '{bench}' must be a mapping, got {type(metrics).__name__}",
-                        path=source, field=bench)
-    score = first_key(metrics, SCORE_KEYS)
-    if score is None and isinstance(metrics.get("pass_at_k"), dict):
-        score = first_key(metrics["pass_at_k"], ("1", 1, "pass@1"))
-    if score is None:
-        raise DataError(f"no score for benchmark '{bench}' (looked for {', '.join(SCORE_KEYS)})",
-                        path=source, field=bench)
-    ci = first_key(metrics, CI_KEYS)
-    lo, hi = (ci[0], ci[1]) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (
-        first_key(metrics, CI_LOW_KEYS), first_key(metrics, CI_HIGH_KEYS))
-    return {"model": model, "benchmark": bench, "score": _as_percent(score), "ci_low": _as_percent(lo),
-            "ci_high": _as_percent(hi), "n": first_key(metrics, N_KEYS)}
-
-
-def _scale_percent(rows: list[dict]) -> list[dict]:
-    """Scores as percentages: fractions (every score <= 1) are multiplied by 100."""
-    values = [r[k] for r in rows for k in ("score", "ci_low", "ci_high") if r.get(k) is not None]
-    if values and max(values) <= 1.0:
-        for r in rows:
-            for k in ("score", "ci_low", "ci_high"):
-                if r.get(k) is not None:
-                    r[k] = r[k] * 100.0
-    return rows
-
-
-def parse_results(model: str, data: Any, source: Path) -> list[dict]:
-    """One model's ``results.json``: ``{"benchmarks": {bench: metrics}}`` or ``{bench: metrics}``."""
-    if not isinstance(data, dict):
-        raise DataError("results must be a JSON object", path=source)
-    model = str(data.get("model") or model)
-    benches = data.get("benchmarks", data.get("results"))
-    if isinstance(benches, list):
-        return [_bench_metrics(model, str(first_key(b, ("benchmark", "name"), "?")), b, source) for b in benches]
-    if not isinstance(benches, dict):
-        benches = {k: v for k, v in data.items() if isinstance(v, (dict, int, float)) and not isinstance(v, bool)
-                   and k not in ("model", "params", "counts", "timing")}
-    return [_bench_metrics(model, str(b), m, source) for b, m in benches.items()]
-
-
-def parse_comparison(data: Any, source: Path) -> list[dict]:
-    """``comparison.json``: a list of rows (model, benchmark, score, ...) or ``{"rows": [...]}``,
-    or ``{model: {benchmark: metrics}}``."""
-    rows = data.get("rows", data.get("results")) if isinstance(data, dict) else data
-    if isinstance(rows, list):
-        out = []
-        for i, r in enumerate(rows):
-            if not isinstance(r, dict) or "model" not in r or "benchmark" not in r:
-                raise DataError("each comparison row needs 'model' and 'benchmark'", path=source, line=i + 1)
-            row = _bench_metrics(str(r["model"]), str(r["benchmark"]), r, source)
-            if r.get("beta_scale") is not None:
-                row["beta_scale"] = r["beta_scale"]
-            out.append(row)
-        return out
-    if isinstance(data, dict):
-        return [row for model, benches in data.items() if isinstance(benches, dict)
-                for row in parse_results(model, {"benchmarks": benches}, source)]
-    raise DataError("comparison must be a list of rows or a mapping", path=source)
 
 
 class Run:
@@ -299,24 +259,10 @@ class Run:
     def pairs(self) -> list[dict]:
         return self.rows("pairs")
 
-    def funnel(self) -> list[tuple[str, int]]:
-        """CRV funnel steps from the rethink manifest (``funnel``: a mapping or a list of pairs/rows)."""
+    def funnel(self) -> dict:
+        """The rethink manifest's ``funnel`` (counts and discards by reason), ``{}`` when absent."""
         raw = (self.manifest("02_rethink") or {}).get("funnel")
-        if raw is None:
-            return []
-        if isinstance(raw, dict):
-            items = list(raw.items())
-        elif isinstance(raw, list):
-            items = [(first_key(r, ("step", "name", "stage")), first_key(r, ("count", "n", "value")))
-                     if isinstance(r, dict) else (r[0], r[1]) for r in raw]
-        else:
-            raise DataError("'funnel' must be a mapping or a list", path=self.path / "02_rethink/manifest.json",
-                            field="funnel")
-        out = []
-        for name, count in items:
-            if isinstance(count, (int, float)) and not isinstance(count, bool):
-                out.append((str(name), int(count)))
-        return out
+        return raw if isinstance(raw, dict) else {}
 
     # --- training ------------------------------------------------------------------------------
     def metric_runs(self, stage: str) -> dict[str, list[dict]]:
@@ -352,15 +298,17 @@ class Run:
         """Rows ``{model, benchmark, score (%), ci_low, ci_high, n}``: ``comparison.json`` when there is
         one, else every model's ``results.json``."""
         def load():
+            from cogpo_kit.viz.results import parse_comparison, parse_results, scale_percent
+
             comp = self.path / EVAL_DIR / COMPARISON_FILE
             if comp.exists():
-                return _scale_percent(parse_comparison(read_json(comp), comp))
+                return scale_percent(parse_comparison(read_json(comp), comp))
             rows: list[dict] = []
             for model in self.eval_models():
                 f = self.path / EVAL_DIR / model / RESULTS_FILE
                 if f.exists():
                     rows.extend(parse_results(model, read_json(f), f))
-            return _scale_percent(rows)
+            return scale_percent(rows)
         return self._cached("results", load)
 
     def samples(self) -> list[dict]:

@@ -51,11 +51,14 @@ def word_diff(base: str, other: str) -> list[tuple[str, str]]:
     return out
 
 
-def diff_html(base: str, other: str) -> str:
-    """``other`` as HTML: words added relative to ``base`` highlighted, words removed struck through."""
+def diff_html(base: str, other: str, *, show_removed: bool = True) -> str:
+    """``other`` as HTML: words added relative to ``base`` highlighted, words removed struck through
+    (left out with ``show_removed=False``)."""
     parts = []
     for op, text in word_diff(base, other):
         esc = html.escape(text)
+        if op == "-" and not show_removed:
+            continue
         if op == "=" or text.isspace():
             parts.append(esc)
         elif op == "+":

@@ -15,8 +15,9 @@ from typing import Callable
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cogpo_kit.viz.artifacts import (GAPS, LEVELS, MARGIN_PREFIX, METRIC_STEP, Run, bench_label, first_key,
-                                     is_sweep_model, model_label, model_order, text_of)
+from cogpo_kit.viz.artifacts import (GAPS, LEVELS, METRIC_STEP, NO_LABEL, Run, bench_label, first_key,
+                                     is_sweep_model, margin_gap, model_label, model_order, text_of)
+from cogpo_kit.viz.tables import crv_counts
 
 COLORS = {"easy": "#4c9be8", "medium": "#5bb974", "hard": "#e8804c",
           "small": "#9ecae1", "large": "#08519c"}
@@ -44,11 +45,11 @@ def empty_message(fig: go.Figure) -> str | None:
 def level_distribution(run: Run) -> go.Figure:
     """CoTs per level (paper Table 1 style): the Critic's rating and what entered D_SFT*."""
     title = "CoT levels: the Critic's rating of the original CoTs"
-    crits = run.critiques()
-    if not crits:
+    c = crv_counts(run)
+    if not c["levels"]:
         return _empty(title, "no critiques in this run")
-    rated = [sum(1 for r in crits if r["level"] == lvl) for lvl in LEVELS]
-    kept = [sum(1 for r in run.sft() if str(r.get("origin") or "").rstrip("*") == lvl) for lvl in LEVELS]
+    rated = [c["levels"].get(lvl, 0) for lvl in LEVELS]
+    kept = [c["kept"].get(lvl, 0) for lvl in LEVELS]
     fig = go.Figure([go.Bar(name="original CoTs (Critic)", x=list(LEVELS), y=rated, text=rated, textposition="auto",
                             marker_color=[COLORS[lvl] for lvl in LEVELS]),
                      go.Bar(name="in D_SFT* (by original level)", x=list(LEVELS), y=kept, text=kept,
@@ -58,13 +59,32 @@ def level_distribution(run: Run) -> go.Figure:
 
 
 def crv_funnel(run: Run) -> go.Figure:
+    """Where the CoTs went: in -> the Critic's level -> D_SFT* or discarded (a Sankey diagram)."""
     title = "CRV funnel: from the original CoTs to D_SFT*"
-    steps = run.funnel()
-    if not steps:
-        return _empty(title, "no funnel in the rethink manifest (stage 02 not run)")
-    fig = go.Figure(go.Funnel(y=[s for s, _ in steps], x=[n for _, n in steps], textinfo="value+percent initial"))
-    fig.update_layout(title=title, **{**LAYOUT, "height": max(300, 45 * len(steps) + 100)})
+    c = crv_counts(run)
+    if not c["in"]:
+        return _empty(title, "no critiques in this run")
+    levels = [lvl for lvl in (*LEVELS, NO_LABEL) if c["levels"].get(lvl)]
+    rethink = run.manifest("02_rethink") is not None
+    labels = [f"CoTs in ({c['in']})"] + [f"{lvl} ({c['levels'][lvl]})" for lvl in levels]
+    links: list[tuple[int, int, int, str]] = [(0, i, c["levels"][lvl], lvl) for i, lvl in enumerate(levels, start=1)]
+    if rethink:
+        labels += [f"D_SFT* ({c['sft']})", f"not kept ({sum(c['levels'].values()) - c['sft']})"]
+        kept_node, lost_node = len(labels) - 2, len(labels) - 1
+        for i, lvl in enumerate(levels, start=1):
+            kept = c["kept"].get(lvl, 0)
+            links += [(i, node, n, lvl) for node, n in ((kept_node, kept), (lost_node, c["levels"][lvl] - kept)) if n > 0]
+    fig = go.Figure(go.Sankey(node=dict(label=labels, pad=18, thickness=16, color="#888"),
+                              link=dict(source=[x[0] for x in links], target=[x[1] for x in links],
+                                        value=[x[2] for x in links],
+                                        color=[_alpha(COLORS.get(x[3], "#bbbbbb")) for x in links])))
+    fig.update_layout(title=title + ("" if rethink else " (rethink not run yet)"), **LAYOUT)
     return fig
+
+
+def _alpha(hex_color: str, a: float = 0.45) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{a})"
 
 
 def pairs_per_gap(run: Run) -> go.Figure:
@@ -121,13 +141,15 @@ def reward_margins(run: Run) -> go.Figure:
     title = "Reward margins during preference training"
     logs = run.metric_runs("05_preference")
     traces = []
+    dashes = {"all": "solid", "small": "dot", "medium": "dash", "large": "longdash"}
     for name in model_order(logs):
-        keys = sorted({k for r in logs[name] for k in r if k.startswith(MARGIN_PREFIX)})
+        keys = sorted({k for r in logs[name] for k in r if margin_gap(k)},
+                      key=lambda k: (list(dashes).index(margin_gap(k)) if margin_gap(k) in dashes else 9, k))
         for key in keys:
             x, y = _steps(logs[name], key)
-            gap = key[len(MARGIN_PREFIX):].strip("/") or "all pairs"
-            dash = "solid" if gap == "all pairs" else {"small": "dot", "medium": "dash", "large": "longdash"}.get(gap, "dashdot")
-            traces.append(go.Scatter(x=x, y=y, mode="lines", name=f"{model_label(name)}: {gap}", line=dict(dash=dash)))
+            gap = margin_gap(key)
+            traces.append(go.Scatter(x=x, y=y, mode="lines", line=dict(dash=dashes.get(gap, "dashdot")),
+                                     name=f"{model_label(name)}: {'all pairs' if gap == 'all' else gap + ' gap'}"))
     if not traces:
         return _empty(title, "no reward margins logged (stage 05 not run)")
     fig = go.Figure(traces)

@@ -1,12 +1,16 @@
 """Plain-language notes on a run: each stage's own notes plus what the artifacts show on their face
-(a stage not run, an empty artifact, a skewed level distribution, a missing gap type, tiny samples)."""
+(a stage not run, an empty artifact, a skewed level distribution, a missing gap type, tiny samples).
+
+A derived note is left out when a stage already said the same thing in its own words (a note of the
+run holding the derived note's topic, e.g. "skew" or "no medium").
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from cogpo_kit.pipeline.stage import STAGES
-from cogpo_kit.viz.artifacts import GAPS, LEVELS, Run
+from cogpo_kit.viz.artifacts import GAPS, LEVELS, Run, level_of
 
 SKEW_SHARE = 0.7
 """A level holding at least this share of the rated CoTs is called skewed."""
@@ -14,58 +18,59 @@ SMALL_N = 30
 """Benchmarks scored on fewer problems than this get a note on their wide intervals."""
 
 
-def derived_notes(run: Run) -> dict[str, list[str]]:
-    """``{stage: [note]}`` computed from the artifacts."""
-    out: dict[str, list[str]] = {s: [] for s in STAGES}
+def _derived(run: Run) -> list[tuple[str, str, str]]:
+    """``(stage, topic, note)`` computed from the artifacts."""
+    out = []
     for stage in STAGES[:-1]:
         if run.manifest(stage) is None:
-            out[stage].append(f"stage {stage} has not run: its tables and figures are empty")
+            out.append((stage, "has not run", f"stage {stage} has not run: its tables and figures are empty"))
     crits = run.critiques()
     if run.manifest("01_critique") is not None:
-        levels = Counter(r["level"] for r in crits)
+        levels = Counter(level_of(r["level"]) for r in crits)
         if not crits:
-            out["01_critique"].append("no CoTs were rated")
+            out.append(("01_critique", "no cots were rated", "no CoTs were rated"))
         else:
             top, n = levels.most_common(1)[0]
             if n / len(crits) >= SKEW_SHARE and len(crits) > 1:
-                out["01_critique"].append(f"skewed levels: the Critic rated {n} of {len(crits)} CoTs {top}")
+                out.append(("01_critique", "skew", f"skewed levels: the Critic rated {n} of {len(crits)} CoTs {top}"))
             for lvl in LEVELS:
                 if levels.get(lvl, 0) == 0:
-                    out["01_critique"].append(f"no {lvl} CoTs")
+                    out.append(("01_critique", f"no {lvl}", f"no {lvl} CoTs"))
     if run.manifest("02_rethink") is not None:
         if not run.sft():
-            out["02_rethink"].append("D_SFT* is empty: no CoT was kept, so SFT on D_SFT* has nothing to train on")
-        if run.incorrect() and not any(r.get("ok") for r in run.incorrect()):
-            out["02_rethink"].append("no usable incorrect CoT: every one still reached the gold answer")
+            out.append(("02_rethink", "d_sft* is empty",
+                        "D_SFT* is empty: no CoT was kept, so SFT on D_SFT* has nothing to train on"))
+        if crits and not any(r.get("ok") for r in run.incorrect()):
+            out.append(("02_rethink", "no usable incorrect", "no usable incorrect CoT: no medium- or large-gap pairs"))
     if run.manifest("03_pairs") is not None:
         gaps = Counter(p["gap"] for p in run.pairs())
         if not gaps:
-            out["03_pairs"].append("no preference pairs: the preference methods have nothing to train on")
-        else:
-            missing = [g for g in GAPS if gaps.get(g, 0) == 0]
-            if missing:
-                out["03_pairs"].append(f"no {' / '.join(missing)}-gap pairs")
+            out.append(("03_pairs", "zero pairs", "no preference pairs: the preference methods have nothing to train on"))
+        for g in GAPS if gaps else ():
+            if gaps.get(g, 0) == 0:
+                out.append(("03_pairs", f"no {g}-gap", f"no {g}-gap pairs"))
     for stage in ("04_sft", "05_preference"):
-        if run.manifest(stage) is not None and not run.metric_runs(stage):
-            out[stage].append("no training metrics were logged")
+        if run.manifest(stage) is not None and not any(run.metric_runs(stage).values()):
+            out.append((stage, "no training metrics", "no training metrics were logged"))
     if run.manifest("06_evaluate") is not None:
         rows = run.results()
         if not rows:
-            out["06_evaluate"].append("no evaluation results")
+            out.append(("06_evaluate", "no evaluation results", "no evaluation results"))
         small = sorted({r["benchmark"] for r in rows if isinstance(r.get("n"), int) and r["n"] < SMALL_N})
         if small:
             ns = sorted({r["n"] for r in rows if r["benchmark"] in small})
-            out["06_evaluate"].append(
-                f"{', '.join(small)}: scored on {'/'.join(map(str, ns))} problems, so the 95% intervals are wide "
-                "and differences between methods are mostly noise")
+            out.append(("06_evaluate", "intervals are wide",
+                        f"{', '.join(small)}: scored on {'/'.join(map(str, ns))} problems, so the 95% intervals are "
+                        "wide and differences between methods are mostly noise"))
     return out
 
 
 def all_notes(run: Run) -> dict[str, list[str]]:
-    """Each stage's own manifest notes followed by the derived ones (duplicates dropped)."""
-    derived = derived_notes(run)
-    out = {}
-    for stage in STAGES:
-        notes = run.notes(stage) + derived.get(stage, [])
-        out[stage] = list(dict.fromkeys(notes))
+    """``{stage: [note]}``: each stage's own manifest notes, then the derived notes no stage already made."""
+    own = {stage: run.notes(stage) for stage in STAGES}
+    said = " ".join(n for notes in own.values() for n in notes).lower()
+    out = {stage: list(notes) for stage, notes in own.items()}
+    for stage, topic, note in _derived(run):
+        if topic not in said and note not in out[stage]:
+            out[stage].append(note)
     return out

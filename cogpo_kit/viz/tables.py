@@ -13,8 +13,9 @@ from typing import Any
 import pandas as pd
 
 from cogpo_kit.pipeline.stage import STAGES
-from cogpo_kit.viz.artifacts import (GAPS, LEVELS, MARGIN_PREFIX, METRIC_LOSS, METRIC_STEP, Run, bench_label,
-                                     first_key, is_sweep_model, model_label, model_order, text_of)
+from cogpo_kit.viz.artifacts import (GAPS, INCORRECT_KIND, LEVELS, METRIC_LOSS, METRIC_STEP, NO_LABEL, Run,
+                                     bench_label, first_key, is_sweep_model, level_of, margin_gap, model_label,
+                                     model_order, text_of)
 
 
 def _words(text: Any) -> int:
@@ -53,21 +54,30 @@ def agents(run: Run, stage: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["stage", "agent", "calls"])
 
 
+def crv_counts(run: Run) -> dict:
+    """CoTs in, per Critic level, kept in D_SFT* per original level, incorrect CoTs found, discards by reason."""
+    crits = run.critiques()
+    return {"in": len(run.inputs()) or len(crits),
+            "levels": Counter(level_of(r["level"]) for r in crits),
+            "kept": Counter(level_of(str(r.get("origin") or "").rstrip("*")) for r in run.sft()),
+            "sft": len(run.sft()),
+            "incorrect": sum(1 for r in run.incorrect() if r.get("ok")),
+            "discards": {str(k): v for k, v in (run.funnel().get("discards") or {}).items()
+                         if isinstance(v, (int, float))}}
+
+
 def level_distribution(run: Run) -> pd.DataFrame:
-    """Paper Table 1 style: CoTs per level as rated by the Critic, and the rows of D_SFT* per origin."""
-    rated = Counter(r["level"] for r in run.critiques())
-    sft = Counter(str(r.get("origin") or "").rstrip("*") for r in run.sft())
+    """Paper Table 1 style: CoTs per level as rated by the Critic, and the rows of D_SFT* per original level."""
+    c = crv_counts(run)
+    rated, kept = c["levels"], c["kept"]
     total = sum(rated.values())
+    names = list(LEVELS) + sorted(k for k in rated if k not in LEVELS)
     rows = [{"level": lvl, "Critic: original CoTs": rated.get(lvl, 0),
              "share (%)": round(100.0 * rated.get(lvl, 0) / total, 1) if total else None,
-             "in D_SFT* (by original level)": sft.get(lvl, 0)} for lvl in LEVELS]
-    other = {k: v for k, v in rated.items() if k not in LEVELS}
-    for lvl, n in other.items():
-        rows.append({"level": str(lvl), "Critic: original CoTs": n,
-                     "share (%)": round(100.0 * n / total, 1) if total else None, "in D_SFT* (by original level)": 0})
+             "in D_SFT* (by original level)": kept.get(lvl, 0)} for lvl in names]
     df = pd.DataFrame(rows).set_index("level")
-    if run.critiques():
-        df.loc["total"] = [total, 100.0 if total else None, sum(sft.values())]
+    if total:
+        df.loc["total"] = [total, 100.0, c["sft"]]
     return df
 
 
@@ -87,42 +97,55 @@ def critic_votes(run: Run) -> pd.DataFrame:
 
 
 def funnel(run: Run) -> pd.DataFrame:
-    """The CRV funnel from the rethink manifest, with each step's share of the first."""
-    steps = run.funnel()
-    if not steps:
-        return pd.DataFrame(columns=["step", "count", "% of first"])
-    first = steps[0][1] or 1
-    return pd.DataFrame([{"step": s, "count": n, "% of first": round(100.0 * n / first, 1)} for s, n in steps])
+    """The CRV funnel: CoTs in, rated per level, kept in D_SFT*, incorrect CoTs found, discards by reason."""
+    c = crv_counts(run)
+    if not c["in"]:
+        return pd.DataFrame(columns=["step", "count", "% of CoTs in"])
+    steps = [("CoTs in", c["in"])]
+    steps += [(f"rated {lvl}", c["levels"].get(lvl, 0)) for lvl in LEVELS]
+    if c["levels"].get(NO_LABEL):
+        steps.append(("no Critic label", c["levels"][NO_LABEL]))
+    if run.manifest("02_rethink") is not None:
+        steps += [("kept: medium (verified)", c["kept"].get("medium", 0)),
+                  ("kept: easy* (expanded, verified, re-rated medium)", c["kept"].get("easy", 0)),
+                  ("kept: hard* (simplified, verified, re-rated medium)", c["kept"].get("hard", 0)),
+                  ("D_SFT*", c["sft"]), ("incorrect CoTs found", c["incorrect"])]
+        steps += [(f"discarded: {reason}", n) for reason, n in sorted(c["discards"].items())]
+    return pd.DataFrame([{"step": s, "count": n, "% of CoTs in": round(100.0 * n / c["in"], 1)} for s, n in steps])
 
 
 def rewrite_outcomes(run: Run) -> pd.DataFrame:
-    """Per original level: examples rewritten, attempts, Verifier YES share, final outcomes."""
-    by_id: dict[str, list[dict]] = {}
+    """Per Critic level (and for the incorrect CoTs): examples, attempts, Verifier YES share, last outcomes."""
+    levels = {str(r["id"]): level_of(r["level"]) for r in run.critiques()}
+    by_id: dict[tuple[str, str], list[dict]] = {}
     for r in run.rewrites():
-        by_id.setdefault(str(r["id"]), []).append(r)
+        group = "incorrect CoT" if r.get("kind") == INCORRECT_KIND else levels.get(str(r["id"]), level_of(r.get("level")))
+        by_id.setdefault((group, str(r["id"])), []).append(r)
     rows: dict[str, dict] = {}
-    for rid, attempts in by_id.items():
+    for (group, _), attempts in by_id.items():
         attempts.sort(key=lambda r: int(r.get("attempt") or 0))
-        lvl = str(attempts[-1].get("level") or "?")
-        row = rows.setdefault(lvl, {"examples": 0, "attempts": 0, "verifier YES": 0, "outcomes": Counter()})
+        row = rows.setdefault(group, {"examples": 0, "attempts": 0, "verdicts": 0, "yes": 0, "outcomes": Counter()})
         row["examples"] += 1
         row["attempts"] += len(attempts)
-        row["verifier YES"] += sum(1 for a in attempts if str(a.get("verdict") or "").upper() == "YES")
+        verdicts = [str(a["verdict"]).upper() for a in attempts if a.get("verdict") is not None]
+        row["verdicts"] += len(verdicts)
+        row["yes"] += verdicts.count("YES")
         row["outcomes"][str(attempts[-1].get("outcome"))] += 1
-    out = []
-    for lvl in [lv for lv in LEVELS if lv in rows] + [lv for lv in rows if lv not in LEVELS]:
-        r = rows[lvl]
-        out.append({"level": lvl, "examples": r["examples"], "attempts": r["attempts"],
-                    "verifier YES (%)": round(100.0 * r["verifier YES"] / r["attempts"], 1) if r["attempts"] else None,
-                    "final outcome": ", ".join(f"{k}: {v}" for k, v in sorted(r["outcomes"].items()))})
-    return pd.DataFrame(out, columns=["level", "examples", "attempts", "verifier YES (%)", "final outcome"])
+    order = [g for g in (*LEVELS, NO_LABEL) if g in rows] + sorted(g for g in rows if g not in (*LEVELS, NO_LABEL))
+    out = [{"level": g, "examples": rows[g]["examples"], "attempts": rows[g]["attempts"],
+            "verifier YES (%)": round(100.0 * rows[g]["yes"] / rows[g]["verdicts"], 1) if rows[g]["verdicts"] else None,
+            "last attempt's outcome": ", ".join(f"{k}: {v}" for k, v in sorted(rows[g]["outcomes"].items()))}
+           for g in order]
+    return pd.DataFrame(out, columns=["level", "examples", "attempts", "verifier YES (%)", "last attempt's outcome"])
 
 
 def incorrect_summary(run: Run) -> pd.DataFrame:
+    """Examples with a usable incorrect CoT (one whose own final answer is wrong) and those without."""
     rows = run.incorrect()
     ok = sum(1 for r in rows if r.get("ok") is True)
-    return pd.DataFrame([("incorrect CoTs written", len(rows)), ("usable (reach a wrong answer)", ok),
-                         ("not usable", len(rows) - ok)], columns=["", "count"]).set_index("")
+    n = crv_counts(run)["in"]
+    return pd.DataFrame([("examples", n), ("with a usable incorrect CoT", ok), ("without one", max(n - ok, 0))],
+                        columns=["", "count"]).set_index("")
 
 
 def pairs_by_gap(run: Run) -> pd.DataFrame:
@@ -144,9 +167,11 @@ def training_summary(run: Run) -> pd.DataFrame:
     """Per trained model: logged steps, first and last loss, last reward margin."""
     rows = []
     for stage in ("04_sft", "05_preference"):
-        for name, log in run.metric_runs(stage).items():
+        logs = run.metric_runs(stage)
+        for name in model_order(logs):
+            log = logs[name]
             losses = [(first_key(r, METRIC_STEP), first_key(r, ("loss",))) for r in log if first_key(r, ("loss",)) is not None]
-            margins = [r[MARGIN_PREFIX] for r in log if r.get(MARGIN_PREFIX) is not None]
+            margins = [v for r in log for k, v in r.items() if margin_gap(k) == "all" and v is not None]
             final = next((first_key(r, METRIC_LOSS) for r in reversed(log) if "train_loss" in r), None)
             rows.append({"stage": stage, "model": name, "logged steps": len(losses),
                          "first loss": round(losses[0][1], 4) if losses else None,

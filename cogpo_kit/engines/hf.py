@@ -1,0 +1,278 @@
+"""transformers back end: batched, left-padded generation with the model's chat template, CPU or GPU.
+
+Free-text samples are generated ``batch_size`` at a time (grouped by length limit and stop
+strings, sorted by prompt length to keep padding small). Every row has its own sampler
+(temperature, top_k, top_p and a seed derived from the request seed and the sample index), applied
+by a logits processor, so a sample does not depend on its neighbours' settings. Label requests
+score each choice's log-probability (the choice's tokens and the end-of-turn token) after the
+prompt and sample a label from that distribution at the request's temperature (argmax at 0): the
+answer is always one of the choices. With ``thinking_end`` set the model first writes freely up
+to the marker, then the labels are scored after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Callable, Optional, Sequence
+
+from cogpo_kit.engines.base import Completion, EngineError, Request
+from cogpo_kit.engines.common import (apply_stop, cpu_threads, describe_request, fit_prompt,
+                                      label_completion, sample_seed)
+from cogpo_kit.engines.config import EngineConfig
+
+
+@dataclass
+class _Gen:
+    """One free-text sample to generate."""
+
+    key: tuple[int, int]
+    ids: list[int]
+    max_new: int
+    stops: tuple[str, ...]
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+
+
+def _row_sampler_cls():
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowSampler(LogitsProcessor):
+        """Samples each row with its own settings and generator; the chosen token keeps score 0.
+
+        Vectorised over rows (one top-k or sort per step); each row draws its uniform number from its own
+        generator and picks the token by inverse-CDF over the filtered distribution.
+        """
+
+        def __init__(self, rows: Sequence[_Gen]):
+            self.rows = list(rows)
+            self.gens: Optional[list] = None
+
+        def __call__(self, input_ids, scores):
+            dev = scores.device
+            if self.gens is None:
+                self.gens = [torch.Generator(device="cpu").manual_seed(r.seed) for r in self.rows]
+                self.temp = torch.tensor([max(r.temperature, 1e-6) for r in self.rows], device=dev)[:, None]
+                self.greedy = torch.tensor([r.temperature <= 0 for r in self.rows], device=dev)
+                vocab = scores.shape[-1]
+                self.top_k = torch.tensor([r.top_k if r.top_k and r.top_k > 0 else vocab for r in self.rows],
+                                          device=dev)[:, None]
+                self.top_p = torch.tensor([r.top_p if 0 < r.top_p < 1 else 1.0 for r in self.rows],
+                                          device=dev)[:, None]
+            logits = scores.float() / self.temp
+            kmax = int(self.top_k.max())
+            if kmax < logits.shape[-1]:  # every row has a top_k: a partial sort is enough
+                sorted_l, order = torch.topk(logits, kmax, dim=-1)
+            else:
+                sorted_l, order = torch.sort(logits, dim=-1, descending=True)
+            ranks = torch.arange(sorted_l.shape[-1], device=dev)[None, :]
+            probs = torch.softmax(sorted_l, -1)
+            drop = (ranks >= self.top_k) | ((probs.cumsum(-1) - probs) > self.top_p)
+            probs = probs.masked_fill(drop, 0.0)
+            cdf = probs.cumsum(-1)
+            u = torch.stack([torch.rand(1, generator=g) for g in self.gens]).to(dev) * cdf[:, -1:]
+            idx = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
+            tok = order.gather(1, idx).squeeze(1)
+            tok = torch.where(self.greedy, scores.argmax(-1), tok)
+            out = torch.full_like(scores, float("-inf"))
+            out.scatter_(1, tok[:, None], 0.0)
+            return out
+
+    return RowSampler
+
+
+class TransformersEngine:
+    """Any causal LM transformers can load (HF id, local folder, converted embedded model, tiny)."""
+
+    name = "transformers"
+    streams_results = True
+
+    def __init__(self, config: EngineConfig):
+        import torch
+
+        from cogpo_kit.models.resolve import load_causal_lm, resolve
+
+        self.config = config
+        self.logger = logging.getLogger("cogpo_kit.engines.transformers")
+        self.prompt_truncations: dict[str, int] = {}
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and config.threads > 0:
+            torch.set_num_threads(cpu_threads(config.threads))
+        self.device = device
+        self.model_id = f"transformers:{resolve(config.model).identity}"
+        self.model, self.tok, seconds = load_causal_lm(config.model, dtype=config.dtype, device=device)
+        self.model.eval()
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        limit = getattr(self.model.config, "max_position_embeddings", None) or config.context_length
+        self.n_ctx = int(min(config.context_length, limit))
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if eos is not None else self.tok.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        self._lock = threading.Lock()
+        self.logger.info("transformers: loaded %s on %s in %.1f s", config.model, device, seconds)
+
+    # -- prompts --------------------------------------------------------------------------
+    def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
+        text = self.tok.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True,
+                                            tokenize=False)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request],
+                 on_result: Optional[Callable[[int, int, Completion], None]] = None) -> list[list[Completion]]:
+        with self._lock:
+            return self._generate(list(requests), on_result)
+
+    def _generate(self, requests: list[Request], on_result) -> list[list[Completion]]:
+        results: list[list[Optional[Completion]]] = [[None] * r.n for r in requests]
+        think = self.config.thinking_end
+        prompts: list[list[int]] = []
+        free: list[_Gen] = []
+        thinking: list[_Gen] = []
+        for i, r in enumerate(requests):
+            ids = self.prompt_ids(r.messages)
+            if r.choices is not None:
+                longest = max(len(self._encode(c)) for c in r.choices) + 1
+                budget = longest + (int(self.config.max_thinking_tokens) if think else 0)
+            else:
+                budget = int(r.sampling.max_tokens)
+            ids, budget, dropped = fit_prompt(ids, self.n_ctx, budget, self.config.truncation,
+                                              describe_request(i, r), self.name)
+            if dropped:
+                self.prompt_truncations[r.tag] = self.prompt_truncations.get(r.tag, 0) + 1
+                self.logger.warning("transformers: %s: dropped its %d oldest prompt tokens",
+                                    describe_request(i, r), dropped)
+            prompts.append(ids)
+            sp = r.sampling
+            for j in range(r.n):
+                seed = sample_seed(sp.seed, r.sample_offset + j)
+                if r.choices is None:
+                    free.append(_Gen((i, j), ids, budget, tuple(sp.stop), sp.temperature, sp.top_k, sp.top_p,
+                                     seed))
+                elif think:
+                    thinking.append(_Gen((i, j), ids, min(budget, int(self.config.max_thinking_tokens)),
+                                         tuple(sp.stop) + (think,), sp.temperature, sp.top_k, sp.top_p, seed))
+
+        def emit(i: int, j: int, c: Completion) -> None:
+            results[i][j] = c
+            if on_result is not None:
+                on_result(i, j, c)
+
+        for g, (text, finish, n_new) in self._run_free(free):
+            i, j = g.key
+            r = requests[i]
+            emit(i, j, label_completion(text, finish, len(g.ids), n_new, None))
+        # label requests: (thinking first, then) score the choices
+        contexts: list[tuple[tuple[int, int], list[int], str, int]] = []
+        for g, (text, _finish, n_new) in self._run_free(thinking):
+            prefix = text + think
+            contexts.append((g.key, g.ids + self._encode(prefix), prefix, n_new))
+        for i, r in enumerate(requests):
+            if r.choices is not None and not think:
+                contexts.append(((i, -1), prompts[i], "", 0))
+        by_key = {c[0]: c for c in contexts}
+        for (i, j), logps in self._score_all(contexts, requests):
+            r = requests[i]
+            ctx = by_key[(i, j)]
+            samples = range(r.n) if j < 0 else [j]
+            for jj in samples:
+                label = self._pick(r, logps, sample_seed(r.sampling.seed, r.sample_offset + jj))
+                n_tok = len(self._encode(label)) + 1 + ctx[3]
+                emit(i, jj, label_completion(ctx[2] + label, "stop", len(prompts[i]), n_tok, r.choices, think,
+                                             constrained=True))
+        return [[c for c in row] for row in results]  # type: ignore[misc]
+
+    @staticmethod
+    def _pick(r: Request, logps: list[float], seed: int) -> str:
+        import random
+
+        t = r.sampling.temperature
+        if t <= 0:
+            return r.choices[max(range(len(logps)), key=lambda k: logps[k])]
+        m = max(lp / t for lp in logps)
+        weights = [math.exp(lp / t - m) for lp in logps]
+        return random.Random(seed).choices(list(r.choices), weights=weights, k=1)[0]
+
+    def _run_free(self, gens: list[_Gen]):
+        """Yield (gen, (text, finish_reason, new_tokens)) batch by batch."""
+        import torch
+        from transformers import GenerationConfig
+
+        row_sampler = _row_sampler_cls()
+        bs = max(1, int(self.config.batch_size))
+        order = sorted(gens, key=lambda g: (g.max_new, g.stops, len(g.ids)))
+        for (max_new, stops), group in groupby(order, key=lambda g: (g.max_new, g.stops)):
+            group = list(group)
+            for k in range(0, len(group), bs):
+                chunk = group[k:k + bs]
+                width = max(len(g.ids) for g in chunk)
+                pad = self.tok.pad_token_id
+                ids = torch.tensor([[pad] * (width - len(g.ids)) + g.ids for g in chunk], device=self.device)
+                mask = torch.tensor([[0] * (width - len(g.ids)) + [1] * len(g.ids) for g in chunk],
+                                    device=self.device)
+                gc = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=self.eos_ids,
+                                      pad_token_id=pad)
+                kwargs = {"stop_strings": list(stops), "tokenizer": self.tok} if stops else {}
+                with torch.no_grad():
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc,
+                                              logits_processor=[row_sampler(chunk)], **kwargs)
+                for b, g in enumerate(chunk):
+                    new = out[b, width:].tolist()
+                    ended = False
+                    for t_i, t in enumerate(new):
+                        if t in self.eos_ids:
+                            new, ended = new[:t_i], True
+                            break
+                    text = self.tok.decode(new, skip_special_tokens=True)
+                    text, hit = apply_stop(text, stops)
+                    finish = "stop" if (ended or hit) else ("length" if len(new) >= max_new else "stop")
+                    yield g, (text, finish, len(new) + (1 if ended else 0))
+
+    def _score_all(self, contexts, requests: list[Request]):
+        """Yield (key, [log p(choice + end of turn | context) for each choice])."""
+        import torch
+
+        rows: list[tuple[int, int, list[int], int]] = []  # (context index, choice index, ids, n_prompt)
+        for ci, (key, ids, _p, _n) in enumerate(contexts):
+            r = requests[key[0]]
+            for k, choice in enumerate(r.choices):
+                cont = self._encode(choice) + [self.eos_ids[0]]
+                rows.append((ci, k, ids + cont, len(ids)))
+        scores: dict[int, list[float]] = {ci: [0.0] * len(requests[c[0][0]].choices) for ci, c in enumerate(contexts)}
+        base = self.model.base_model
+        head = self.model.get_output_embeddings()
+        bs = max(1, int(self.config.batch_size))
+        rows.sort(key=lambda x: len(x[2]))
+        for k in range(0, len(rows), bs):
+            chunk = rows[k:k + bs]
+            width = max(len(x[2]) for x in chunk)
+            pad = self.tok.pad_token_id
+            ids = torch.tensor([x[2] + [pad] * (width - len(x[2])) for x in chunk], device=self.device)
+            mask = torch.tensor([[1] * len(x[2]) + [0] * (width - len(x[2])) for x in chunk], device=self.device)
+            with torch.no_grad():
+                hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+                for b, (ci, choice_k, seq, n_prompt) in enumerate(chunk):
+                    pos = torch.arange(n_prompt - 1, len(seq) - 1, device=self.device)
+                    logp = torch.log_softmax(head(hidden[b, pos]).float(), -1)
+                    target = torch.tensor(seq[n_prompt:], device=self.device)
+                    scores[ci][choice_k] = float(logp.gather(1, target[:, None]).sum())
+        for ci, (key, *_rest) in enumerate(contexts):
+            if any(math.isnan(v) for v in scores[ci]):
+                raise EngineError(f"transformers: NaN choice scores for request #{key[0]}")
+            yield key, scores[ci]
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]

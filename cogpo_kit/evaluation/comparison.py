@@ -1,0 +1,80 @@
+"""The cross-model table (paper Table 2 style): benchmark x model, with intervals and paired tests.
+
+``comparison.json`` holds ``rows`` (one per model and benchmark: score, 95% interval, n) and
+``paired`` (every pair of models on every benchmark they share: the difference in points, its
+paired-bootstrap interval, McNemar's p for single samples, ``within_noise``). ``comparison.csv``
+is the table a paper would print: one line per benchmark, a ``score [low, high]`` cell per model,
+and a ``<model> vs <reference>`` cell per model marked ``(noise)`` when the interval contains 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from itertools import combinations
+from typing import Mapping, Optional, Sequence
+
+from cogpo_kit.evaluation.metrics import paired_comparison
+
+
+def build_comparison(results: Mapping[str, Mapping[str, dict]], scores: Mapping[str, Mapping[str, Mapping[str, float]]],
+                     *, resamples: int, seed: int, beta_scales: Optional[Mapping[str, float]] = None,
+                     reference: Optional[str] = None, skipped: Optional[Mapping[str, str]] = None) -> dict:
+    """``results[model][bench]`` (benchmark summaries) and ``scores[model][bench][problem_id]`` ->
+    the ``comparison.json`` document."""
+    models = list(results)
+    rows = []
+    for m in models:
+        for bench, r in results[m].items():
+            row = {"model": m, "benchmark": bench, "score": r["score"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                   "n": r["n"], "n_samples": r.get("n_samples")}
+            if beta_scales and m in beta_scales:
+                row["beta_scale"] = beta_scales[m]
+            rows.append(row)
+    paired = []
+    for a, b in combinations(models, 2):
+        for bench in results[a]:
+            if bench in results[b]:
+                cmp = paired_comparison(scores[a][bench], scores[b][bench], resamples=resamples, seed=seed)
+                paired.append({"benchmark": bench, "model_a": a, "model_b": b, **cmp})
+    ref = reference if reference in models else (models[0] if models else None)
+    return {"reference": ref, "models": models, "rows": rows, "paired": paired, "skipped": dict(skipped or {})}
+
+
+def _cell(score, lo, hi) -> str:
+    return "" if score is None else f"{score:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def comparison_csv(doc: dict) -> str:
+    """The wide table as CSV text."""
+    models: Sequence[str] = doc["models"]
+    ref = doc.get("reference")
+    benches = list(dict.fromkeys(r["benchmark"] for r in doc["rows"]))
+    by = {(r["model"], r["benchmark"]): r for r in doc["rows"]}
+    pair = {}
+    for p in doc["paired"]:
+        pair[(p["model_a"], p["model_b"], p["benchmark"])] = p
+    others = [m for m in models if m != ref]
+    header = ["benchmark", "n"] + list(models) + [f"{m} vs {ref}" for m in others]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for bench in benches:
+        n = next((by[(m, bench)]["n"] for m in models if (m, bench) in by), "")
+        line = [bench, n]
+        for m in models:
+            r = by.get((m, bench))
+            line.append(_cell(r["score"], r["ci_low"], r["ci_high"]) if r else "")
+        for m in others:
+            p = pair.get((m, ref, bench))
+            sign = 1
+            if p is None:
+                p, sign = pair.get((ref, m, bench)), -1
+            if p is None:
+                line.append("")
+                continue
+            d, lo, hi = sign * p["diff"], sign * (p["ci_low"] if sign > 0 else p["ci_high"]), \
+                sign * (p["ci_high"] if sign > 0 else p["ci_low"])
+            line.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" (noise)" if p["within_noise"] else ""))
+        w.writerow(line)
+    return buf.getvalue()

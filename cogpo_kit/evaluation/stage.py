@@ -1,0 +1,176 @@
+"""Stage ``06_evaluate``: generate and grade on the benchmarks, per model, and compare the models.
+
+For each name in ``eval.models``:
+
+- ``zero_shot`` is the student as is (``student.model``); ``sft`` / ``crv_sft`` (and any other SFT
+  variant) are ``04_sft/<name>/model``; ``cogpo``, ``dpo``, ``beta_dpo``, ``simpo`` and
+  ``cogpo_x<f>`` (beta sweep) are ``05_preference/<name>/model``; anything else is a model spec;
+- a missing checkpoint is a note in the manifest and the model is skipped, not a crash;
+- one engine per model (``eval.engine`` with the model filled in), all prompts of all benchmarks
+  sent at once; then grading (math: time-limited worker; choice: letter extractors; code: sandbox).
+
+Writes ``06_evaluate/<model>/results.json`` and ``samples_<bench>.jsonl``, and
+``06_evaluate/comparison.json`` + ``comparison.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
+
+from cogpo_kit.evaluation.benchmarks import (LoadOptions, build_messages, get_benchmark, list_benchmarks,  # noqa: F401
+                                             load_problems)
+from cogpo_kit.evaluation.comparison import build_comparison, comparison_csv
+from cogpo_kit.evaluation.grading import MathGrader
+from cogpo_kit.evaluation.scoring import grade_benchmark, problem_scores, summarize_benchmark
+from cogpo_kit.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from cogpo_kit.params import params_dict
+from cogpo_kit.pipeline.stage import open_stage, run_dir
+
+SFT_NAMES = ("sft", "crv_sft")
+PREFERENCE_NAMES = ("cogpo", "dpo", "beta_dpo", "simpo")
+
+EngineFactory = Callable[[str], object]
+"""``factory(model_spec) -> engine`` (tests pass a fake; the stage uses :func:`build_engine`)."""
+
+
+def eval_model_names(params) -> list[str]:
+    """``eval.models``, plus the beta-sweep models when ``cogpo`` is evaluated and asked for."""
+    names = list(dict.fromkeys(params.eval.models))
+    if params.eval.include_beta_sweep and "cogpo" in names:
+        for f in params.preference.beta_sweep:
+            name = f"cogpo_x{f:g}"
+            if name not in names:
+                names.insert(names.index("cogpo") + 1, name)
+    return names
+
+
+def resolve_eval_model(name: str, params, run_path: Path) -> tuple[Optional[str], str]:
+    """``(spec, where)`` for an evaluated model; ``spec`` is ``None`` when its checkpoint is missing."""
+    if name == "zero_shot":
+        return params.student.model, "student.model"
+    sft = run_path / "04_sft" / name / "model"
+    pref = run_path / "05_preference" / name / "model"
+    if name in SFT_NAMES or name in params.sft.variants or sft.exists():
+        return (str(sft) if sft.exists() else None), str(sft)
+    if name in PREFERENCE_NAMES or name.startswith("cogpo_x") or pref.exists():
+        return (str(pref) if pref.exists() else None), str(pref)
+    return name, "model spec"
+
+
+def _default_factory(params, run_path: Path) -> EngineFactory:
+    from cogpo_kit.engines import build_engine
+
+    cache = str(Path(params.run.output_dir) / "cache" / "responses.sqlite")
+    return lambda spec: build_engine(replace(params.eval.engine, model=spec), cache_path=cache, model=spec)
+
+
+def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show_progress: bool = True) -> dict:
+    """Run stage 06 and return its manifest."""
+    from cogpo_kit.engines import Request
+
+    ev = params.eval
+    run_path = run_dir(params)
+    st = open_stage(run_path, "06_evaluate", params_dict(params))
+    log = st.logger
+    factory = engine_factory or _default_factory(params, run_path)
+    opts = LoadOptions(seed=ev.seed, data_dir=ev.data_dir, mmlu_subjects=tuple(ev.mmlu_subjects),
+                       mmlu_split=ev.mmlu_split, livecodebench_path=ev.livecodebench_path)
+    benches = {name: get_benchmark(name) for name in ev.benchmarks}
+    problems = {name: load_problems(name, opts, ev.limit) for name in benches}
+    prompts = {name: [build_messages(p, benches[name], template=ev.templates.get(name),
+                                     system_prompt=ev.system_prompt) for p in problems[name]] for name in benches}
+    for name, probs in problems.items():
+        st.counts[f"problems_{name}"] = len(probs)
+        log.info("benchmark %s: %d problems (%s)", name, len(probs), benches[name].description)
+        if benches[name].kind == "code" and probs and probs[0].meta.get("tests_source") == "parsed_from_statement":
+            st.note(f"{name}: no test file given — graded on the sample tests parsed from the statements only "
+                    "(a weaker, public-tests-only proxy; set eval.livecodebench_path for the full tests)")
+    if any(b.kind == "code" for b in benches.values()):
+        from cogpo_kit.evaluation.sandbox import isolation_report
+
+        iso = isolation_report()
+        st.counts["sandbox_mode"] = iso.get("mode")
+        st.agents["sandbox_isolation"] = iso
+        log.info("sandbox isolation: %s", iso)
+
+    results: dict[str, dict] = {}
+    scores: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    models_info: dict[str, dict] = {}
+    beta_scales = {}
+    grader = MathGrader(timeout_s=ev.math_timeout_s)
+    try:
+        for name in eval_model_names(params):
+            spec, where = resolve_eval_model(name, params, run_path)
+            if spec is None:
+                reason = f"no checkpoint at {where} (its training stage has not produced it)"
+                st.note(f"model '{name}' skipped: {reason}")
+                skipped[name] = reason
+                models_info[name] = {"status": "skipped", "reason": reason}
+                continue
+            if name.startswith("cogpo_x"):
+                try:
+                    beta_scales[name] = float(name[len("cogpo_x"):])
+                except ValueError:
+                    pass
+            log.info("model %s: %s (%s)", name, spec, where)
+            t0 = time.time()
+            engine = factory(spec)
+            try:
+                reqs, index = [], []
+                for bname, msgs_list in prompts.items():
+                    for i, msgs in enumerate(msgs_list):
+                        reqs.append(Request(messages=msgs, sampling=replace(ev.sampling, seed=ev.seed), n=ev.n_samples,
+                                            tag=f"eval:{bname}"))
+                        index.append((bname, i))
+                outs = engine.generate(reqs)
+                gen_s = time.time() - t0
+                stats = engine.stats_by_tag() if hasattr(engine, "stats_by_tag") else {}
+                model_id = getattr(engine, "model_id", spec)
+            finally:
+                engine.close()
+            if len(outs) != len(reqs):
+                raise RuntimeError(f"engine returned {len(outs)} results for {len(reqs)} requests (model {name})")
+            by_bench: dict[str, list] = {b: [None] * len(problems[b]) for b in benches}
+            for (bname, i), comps in zip(index, outs):
+                by_bench[bname][i] = comps
+            t1 = time.time()
+            res_model, scores[name] = {}, {}
+            out_dir = st.path / name
+            for bname, bench in benches.items():
+                texts = [m[-1]["content"] for m in prompts[bname]]
+                rows, verdicts = grade_benchmark(bench, problems[bname], texts, by_bench[bname], ev, grader,
+                                                 show_progress=show_progress)
+                atomic_write_jsonl(out_dir / f"samples_{bname}.jsonl", rows)
+                res_model[bname] = summarize_benchmark(bench, problems[bname], verdicts, rows, ev)
+                scores[name][bname] = problem_scores(problems[bname], verdicts)
+                log.info("model %s, %s: %.1f%% [%.1f, %.1f] (n=%d)", name, bname, res_model[bname]["score"],
+                         res_model[bname]["ci_low"], res_model[bname]["ci_high"], res_model[bname]["n"])
+            grade_s = time.time() - t1
+            results[name] = res_model
+            info = {"status": "evaluated", "spec": spec, "source": where, "model_id": model_id,
+                    "generate_s": round(gen_s, 2), "grade_s": round(grade_s, 2)}
+            models_info[name] = info
+            atomic_write_json(out_dir / "results.json", {"model": name, **info, "benchmarks": res_model,
+                                                         "sampling": params_dict(params)["eval"]["sampling"],
+                                                         "n_samples": ev.n_samples})
+            st.agents[f"eval:{name}"] = stats
+    finally:
+        st.counts["math_checks"] = grader.checks
+        st.counts["math_timeouts"] = grader.timeouts
+        st.counts["grader_restarts"] = grader.restarts
+        grader.close()
+
+    doc = build_comparison(results, scores, resamples=ev.bootstrap, seed=ev.seed, beta_scales=beta_scales,
+                           reference=ev.compare_to, skipped=skipped)
+    atomic_write_json(st.path / "comparison.json", doc)
+    atomic_write_text(st.path / "comparison.csv", comparison_csv(doc))
+    noisy = [p for p in doc["paired"] if p["within_noise"] and doc["reference"] in (p["model_a"], p["model_b"])]
+    if noisy:
+        st.note(f"{len(noisy)} of the differences to '{doc['reference']}' are within noise (95% interval contains 0)")
+    st.counts["models_evaluated"] = len(results)
+    st.counts["models_skipped"] = len(skipped)
+    return st.finish(models=models_info)

@@ -1,0 +1,172 @@
+"""What SFT and preference training share: TRL arguments from params, LoRA, processes, checkpoints, saving.
+
+Training runs in-process (CPU or one GPU) or under a launcher (``torchrun``, ``accelerate launch`` with a
+config from ``params/launch/``); every process runs the same code and only the main process writes the
+stage's files. Final models are written to a temporary folder and renamed into place, so a ``model/``
+folder that exists is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from cogpo_kit.io import atomic_write_jsonl
+from cogpo_kit.training.params import LoraParams, OptimParams
+
+
+def process_rank() -> int:
+    """Global rank of this process under a launcher (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return process_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process (no-op when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trainer_args(optim: OptimParams, output_dir: str | Path, *, seed: Optional[int] = None) -> dict:
+    """Keyword arguments shared by TRL's SFT/DPO/CPO configs, from our optimisation params."""
+    if optim.bf16 and not _has_cuda():
+        bf16 = False  # CPU runs train in float32; the GPU params file sets bf16
+    else:
+        bf16 = optim.bf16
+    kw = dict(
+        output_dir=str(output_dir),
+        learning_rate=optim.learning_rate,
+        num_train_epochs=optim.epochs,
+        max_steps=optim.max_steps,
+        per_device_train_batch_size=optim.per_device_batch_size,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        warmup_steps=optim.warmup_ratio if optim.warmup_ratio < 1 else int(optim.warmup_ratio),
+        lr_scheduler_type=optim.lr_scheduler,
+        weight_decay=optim.weight_decay,
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=optim.gradient_checkpointing,
+        logging_steps=optim.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=optim.save_steps,
+        save_total_limit=optim.save_total_limit,
+        seed=optim.seed if seed is None else seed,
+        data_seed=optim.seed if seed is None else seed,
+        report_to="none",
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        max_length=optim.max_length,
+    )
+    if not _has_cuda():
+        # Accelerate's multi-process CPU mode (gloo) under torchrun needs use_cpu.
+        kw["use_cpu"] = True
+        if world_size() > 1:
+            kw["ddp_backend"] = "gloo"
+    return kw
+
+
+def lora_config(lora: LoraParams):
+    """A PEFT LoRA config for causal LMs, or ``None`` for full fine-tuning."""
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), bias="none")
+
+
+def last_checkpoint(folder: str | Path) -> Optional[str]:
+    """The newest ``checkpoint-N`` folder under ``folder`` (``None`` if there is none)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(folder)
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def load_model(path: str, *, bf16: bool = False):
+    """A causal LM from an HF folder in float32 (or bfloat16 on a GPU when asked)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if bf16 and _has_cuda() else torch.float32
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+def save_final_model(trainer, model_dir: str | Path, *, base_path: str, merge_lora: bool, bf16: bool = False) -> Path:
+    """Save the trained model to ``model_dir`` with its tokenizer (LoRA merged into the base when asked).
+
+    Saving goes through ``trainer.save_model`` so DeepSpeed ZeRO-3 gathers its shards; merging happens
+    on the main process from the saved adapter. Every process must call this.
+    """
+    from peft import PeftModel
+
+    model_dir = Path(model_dir)
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    is_peft = isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel)
+    if trainer.accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.accelerator.wait_for_everyone()
+    if not is_peft or not merge_lora:
+        trainer.save_model(str(tmp))
+    else:
+        adapter = model_dir.with_name(model_dir.name + ".adapter")
+        trainer.save_model(str(adapter))
+        if trainer.accelerator.is_main_process:
+            base = load_model(base_path, bf16=bf16)
+            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            merged.save_pretrained(str(tmp), safe_serialization=True)
+            shutil.rmtree(adapter)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(str(tmp))
+        _replace_dir(tmp, model_dir)
+    trainer.accelerator.wait_for_everyone()
+    return model_dir
+
+
+def copy_model(src: str | Path, model_dir: str | Path) -> Path:
+    """Copy an HF model folder (weights, config, tokenizer) to ``model_dir`` atomically (main process only)."""
+    model_dir = Path(model_dir)
+    if is_main_process():
+        tmp = model_dir.with_name(model_dir.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.gguf", "checkpoint-*"))
+        _replace_dir(tmp, model_dir)
+    barrier()
+    return model_dir
+
+
+def write_metrics(path: str | Path, log_history: list[dict]) -> None:
+    """``metrics.jsonl``: TRL's log history, one row per logging step (main process only)."""
+    if is_main_process():
+        atomic_write_jsonl(path, log_history)

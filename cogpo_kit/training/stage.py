@@ -1,0 +1,140 @@
+"""Stages ``04_sft`` and ``05_preference``.
+
+``run_sft(params)``: each SFT variant (``crv_sft`` on D_SFT*, ``sft`` on the original CoTs of the same
+problems) from the student model -> ``04_sft/<variant>/{model/, metrics.jsonl}``.
+
+``run_preference(params)``: each method from the same SFT model ``04_sft/<init_from>/model`` (the student
+model, with a note, when that is missing) on the same ``03_pairs/pairs.jsonl`` ->
+``05_preference/<method>/{model/, metrics.jsonl}``. The pairs file is checked row by row before anything
+trains. With no rows or no pairs, each output model is a copy of its starting model, with a note, so
+evaluation still runs.
+
+Both run unchanged in-process, under ``torchrun`` and under ``accelerate launch``; only the main process
+writes the stage's log and manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from cogpo_kit.params import params_dict
+from cogpo_kit.pipeline.stage import open_stage, run_dir, stage_dir_name
+from cogpo_kit.training.common import copy_model, is_main_process, write_metrics
+
+
+class _FollowerStage:
+    """Stand-in for :class:`~cogpo_kit.pipeline.stage.Stage` on non-main processes: same paths, no files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.counts: dict = {}
+        self.notes: list[str] = []
+        self.logger = logging.getLogger(f"cogpo_kit.stage.follower.{path.name}")
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def add_input(self, path) -> None:
+        pass
+
+    def finish(self, **extra) -> dict:
+        return {"stage": self.path.name, "counts": self.counts, "notes": self.notes, "follower": True, **extra}
+
+
+def _open(run_path: Path, name: str, params: dict, inputs):
+    if is_main_process():
+        return open_stage(run_path, name, params, inputs=inputs)
+    return _FollowerStage(run_path / stage_dir_name(name))
+
+
+def _base_model_path(spec: str) -> str:
+    """HF folder of a model spec; non-main processes wait for the main one to convert/build it."""
+    from cogpo_kit.models.resolve import hf_path, resolve
+
+    if is_main_process() or not spec.startswith("embedded:"):
+        return hf_path(spec)
+    deadline = time.time() + 1800
+    while resolve(spec).hf_path is None:
+        if time.time() > deadline:
+            raise TimeoutError(f"timed out waiting for the main process to convert {spec}")
+        time.sleep(2)
+    return resolve(spec).hf_path
+
+
+def run_sft(params) -> dict:
+    """Train every SFT variant of a run; returns the manifest."""
+    from cogpo_kit.pairs.inputs import read_crv
+    from cogpo_kit.training.sft import sft_rows, train_sft
+
+    run_path = run_dir(params)
+    art = read_crv(run_path, which=("input", "sft"))
+    sections = params_dict(params)
+    stage = _open(run_path, "sft", {"sft": sections["sft"], "prompt_template": params.pairs.prompt_template},
+                  art.paths.values())
+    base = _base_model_path(params.sft.model)
+    stage.logger.info("student model %s -> %s", params.sft.model, base)
+    summaries = {}
+    for variant in params.sft.variants:
+        rows = sft_rows(art, variant, params.pairs.prompt_template)
+        out = stage.path / variant
+        stage.counts[f"{variant}_examples"] = len(rows)
+        if not rows:
+            stage.note(f"{variant}: no training rows (D_SFT* is empty); its model is a copy of the student model")
+            copy_model(base, out / "model")
+            write_metrics(out / "metrics.jsonl", [])
+            summaries[variant] = {"examples": 0, "steps": 0, "copied_from": base}
+            continue
+        stage.logger.info("%s: %d rows", variant, len(rows))
+        summaries[variant] = train_sft(rows, base_path=base, params=params.sft, out_dir=out, logger=stage.logger)
+    return stage.finish(student=params.sft.model, student_path=base, variants=summaries)
+
+
+def _init_model(params, run_path: Path, stage) -> str:
+    init = run_path / "04_sft" / params.preference.init_from / "model"
+    if (init / "config.json").exists():
+        return str(init)
+    stage.note(f"SFT model {init} not found: preference training starts from the student model {params.sft.model}")
+    return _base_model_path(params.sft.model)
+
+
+def run_preference(params) -> dict:
+    """Train every preference method of a run from the same SFT model on the same pairs; returns the manifest."""
+    from cogpo_kit.pairs.schema import load_pairs
+    from cogpo_kit.training.preference import method_specs, train_preference
+
+    run_path = run_dir(params)
+    pairs_path = run_path / "03_pairs" / "pairs.jsonl"
+    pairs = load_pairs(pairs_path)  # every row checked before any model loads
+    specs = method_specs(params.preference)
+    sections = params_dict(params)
+    stage = _open(run_path, "preference", {"preference": sections["preference"]}, [pairs_path])
+    init_path = _init_model(params, run_path, stage)
+    if (Path(init_path) / "config.json").exists() and is_main_process():
+        stage.add_input(Path(init_path) / "config.json")
+    stage.logger.info("%d pairs; methods %s; starting model %s", len(pairs), [s.name for s in specs], init_path)
+    max_len = params.preference.optim.max_length
+    longer = sum(1 for p in pairs if max(p.get("chosen_tokens", 0), p.get("rejected_tokens", 0)) > max_len)
+    if longer:
+        stage.note(f"{longer} pair(s) longer than the training max_length {max_len}: TRL keeps their first "
+                   f"{max_len} tokens (pairs.max_length is {params.pairs.max_length})")
+    gaps = {g: sum(1 for p in pairs if p["gap"] == g) for g in ("small", "medium", "large")}
+    stage.counts.update({"pairs": len(pairs), **{f"pairs_{g}": n for g, n in gaps.items()}})
+    summaries = {}
+    for spec in specs:
+        out = stage.path / spec.name
+        if not pairs:
+            stage.note(f"{spec.name}: zero pairs, nothing to train; its model is a copy of {init_path}")
+            copy_model(init_path, out / "model")
+            write_metrics(out / "metrics.jsonl", [])
+            summaries[spec.name] = {"method": spec.name, "pairs": 0, "steps": 0, "copied_from": init_path}
+            continue
+        summaries[spec.name] = train_preference(spec, pairs, init_path=init_path, pref=params.preference,
+                                                out_dir=out, logger=stage.logger)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return stage.finish(init_model=init_path, processes=world, methods=summaries)

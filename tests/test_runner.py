@@ -1,0 +1,152 @@
+"""The batch runner: stage selection, skipping stages whose manifest matches, undeclared notebook
+parameters, failures that name the notebook and the cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+
+from cogpo_kit.io import atomic_write_jsonl
+from cogpo_kit.params import ParamsError, load_params, params_dict
+from cogpo_kit.pipeline import runner
+from cogpo_kit.pipeline.freshness import check_stage, stage_params
+from cogpo_kit.pipeline.stage import STAGES, open_stage, run_dir
+
+
+def _params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"run": {"run_id": "r", "output_dir": str(tmp_path / "out")}}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """Stage functions that write a real manifest (recording their input file) and count their calls."""
+    calls: list[str] = []
+
+    def make(stage):
+        def run(params):
+            calls.append(stage)
+            path = run_dir(params)
+            inputs = [path / "data.txt"] if stage == "01_critique" else []
+            st = open_stage(path, stage, stage_params(params_dict(params), stage), inputs=inputs)
+            atomic_write_jsonl(st.file("out.jsonl"), [{"stage": stage}])
+            return st.finish()
+        return run
+
+    monkeypatch.setattr(runner, "stage_function", make)
+    return calls
+
+
+def test_select_stages():
+    assert runner.select_stages() == list(STAGES)
+    assert runner.select_stages("pairs,critique") == ["01_critique", "03_pairs"]
+    assert runner.select_stages(None, "evaluate") == ["06_evaluate", "07_report"]
+    assert runner.select_stages(["critique", "06_evaluate", "report"], "sft") == ["06_evaluate", "07_report"]
+    with pytest.raises(ParamsError, match="unknown stage 'critic'"):
+        runner.select_stages("critic")
+    with pytest.raises(ParamsError, match="no stage selected"):
+        runner.select_stages("critique", "pairs")
+
+
+def test_skips_matching_stages_and_redoes_what_changed(tmp_path, fake_stages, capsys):
+    yaml_path = _params_file(tmp_path)
+    (tmp_path / "out/r").mkdir(parents=True)
+    (tmp_path / "out/r/data.txt").write_text("v1")
+    first = runner.run_pipeline([yaml_path], in_process=True)
+    assert first["executed"] == list(STAGES) and fake_stages == list(STAGES)
+
+    fake_stages.clear()
+    second = runner.run_pipeline([yaml_path], in_process=True)
+    assert second["executed"] == [] and set(second["skipped"].values()) == {"up to date"}
+    assert "01_critique: skipped (up to date" in capsys.readouterr().out
+
+    # a parameter only the evaluation depends on: evaluation and report are redone
+    third = runner.run_pipeline([yaml_path], ["eval.limit=3"], in_process=True)
+    assert third["executed"] == ["06_evaluate", "07_report"]
+
+    # a critique parameter: the critique is redone, and every stage reading its outputs after it
+    fake_stages.clear()
+    fourth = runner.run_pipeline([yaml_path], ["eval.limit=3", "crv.votes=5"], in_process=True)
+    assert fourth["executed"] == list(STAGES)
+
+    # an input file changed: the stage that read it is redone
+    (tmp_path / "out/r/data.txt").write_text("v2")
+    params = load_params([yaml_path], ["eval.limit=3", "crv.votes=5"])
+    assert check_stage(run_dir(params), "01_critique", params_dict(params)).reason.endswith("data.txt changed")
+    fake_stages.clear()
+    fifth = runner.run_pipeline([yaml_path], ["eval.limit=3", "crv.votes=5"], stages="critique", in_process=True)
+    assert fifth["executed"] == ["01_critique"]
+    assert check_stage(run_dir(params), "02_rethink", params_dict(params)).reason == "01_critique was redone after it"
+
+    # --force redoes a matching stage
+    forced = runner.run_pipeline([yaml_path], ["eval.limit=3", "crv.votes=5"], stages="critique", force=True,
+                                 in_process=True)
+    assert forced["executed"] == ["01_critique"]
+
+
+def test_stage_that_recorded_other_params_is_compared_by_hash(tmp_path):
+    params = load_params([_params_file(tmp_path)])
+    tree = params_dict(params)
+    open_stage(run_dir(params), "04_sft", {"whatever": 1}).finish()
+    assert check_stage(run_dir(params), "04_sft", tree).reason == "parameters changed (params_hash differs)"
+    open_stage(run_dir(params), "04_sft", tree).finish()  # the whole parameter set
+    assert check_stage(run_dir(params), "04_sft", tree).fresh
+
+
+def test_in_process_failure_names_the_stage(tmp_path, monkeypatch):
+    def boom(params):
+        raise ValueError("bad row")
+
+    monkeypatch.setattr(runner, "stage_function", lambda stage: boom)
+    with pytest.raises(runner.PipelineError, match="stage 01_critique failed: ValueError: bad row"):
+        runner.run_pipeline([_params_file(tmp_path)], in_process=True)
+
+
+def _notebook(path: Path, params_src: str, *cells: str) -> Path:
+    nb = new_notebook(cells=[new_code_cell(params_src, metadata={"tags": ["parameters"]}),
+                             *(new_code_cell(c) for c in cells)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_undeclared_parameter_is_an_error_before_anything_runs(tmp_path, monkeypatch, fake_stages):
+    bad = _notebook(tmp_path / "bad.ipynb", "params_files = []\noverrides = []\nrun_id = None\noutput_dir = None",
+                    "raise SystemExit('must not run')")
+    monkeypatch.setattr(runner, "notebook_path", lambda stage: bad)
+    with pytest.raises(ParamsError, match=r"bad\.ipynb: parameter\(s\) skip_compute not declared"):
+        runner.run_pipeline([_params_file(tmp_path)])
+    assert fake_stages == [] and not (tmp_path / "out/r/notebooks").exists()
+
+
+def test_parameters_cell_must_be_plain_assignments(tmp_path):
+    from cogpo_kit.pipeline.notebook import read_notebook_parameters
+
+    nb = _notebook(tmp_path / "x.ipynb", "a = 1\nprint(a)")
+    with pytest.raises(ValueError, match="line 2: only 'name = value' assignments"):
+        read_notebook_parameters(nb)
+
+
+def test_kernel_is_this_interpreter():
+    assert runner.ensure_kernel() == "python3"
+
+
+@pytest.mark.slow
+def test_failing_notebook_names_notebook_and_cell(tmp_path):
+    src = _notebook(tmp_path / "fails.ipynb", "x = 1", "y = x + 1", "raise ValueError(f'broken at {y}')", "z = 3")
+    out = tmp_path / "run" / "notebooks" / "01_critique.ipynb"
+    with pytest.raises(runner.PipelineError) as err:
+        runner.execute_notebook("01_critique", out, {"x": 2}, kernel_name=runner.ensure_kernel(), source=src)
+    msg = str(err.value)
+    # cell 3 counting the injected parameters cell; In [4] as Jupyter numbers it
+    assert str(out) in msg and "cell 3 (In [4]: \"raise ValueError(f'broken at {y}')\")" in msg
+    assert msg.endswith("ValueError: broken at 3")
+    executed = nbformat.read(str(out), as_version=4)  # the executed notebook is kept, with the error in it
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert "injected-parameters" in code[1].metadata.tags and "x = 2" in code[1].source
+    assert [o.get("ename") for o in code[3].outputs] == ["ValueError"] and code[4].execution_count is None

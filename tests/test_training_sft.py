@@ -1,0 +1,61 @@
+"""SFT rows of both variants, and TRL's SFT loss on the response only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cogpo_kit.pairs.format import extract_answer
+from cogpo_kit.pairs.inputs import read_crv
+from cogpo_kit.training.sft import sft_rows
+from test_pairs_fixtures import write_crv_fixture
+
+
+def test_variants_share_problems_and_prompts(tmp_path):
+    art = read_crv(write_crv_fixture(tmp_path), which=("input", "sft"))
+    crv, plain = sft_rows(art, "crv_sft"), sft_rows(art, "sft")
+    assert [r["id"] for r in crv] == [r["id"] for r in plain] == ["e1", "m1", "e2", "h2", "e3"]
+    assert all(a["prompt"] == b["prompt"] for a, b in zip(crv, plain))
+    by_id = {r["id"]: r["completion"][0]["content"] for r in crv}
+    assert by_id["e1"].startswith("Tom starts with 3 apples")  # the kept rewrite
+    assert {r["id"]: r["completion"][0]["content"] for r in plain}["e1"].startswith("3 + 4 = 7.")  # the original
+    for r in crv + plain:
+        assert r["completion"][0]["role"] == "assistant" and extract_answer(r["completion"][0]["content"])
+    with pytest.raises(ValueError, match="unknown SFT variant"):
+        sft_rows(art, "dpo")
+
+
+def test_sft_loss_is_on_the_response_only(tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from cogpo_kit.models.resolve import hf_path
+
+    path = hf_path("tiny:llama")
+    tok = AutoTokenizer.from_pretrained(path)
+    art = read_crv(write_crv_fixture(tmp_path / "run"), which=("input", "sft"))
+    rows = sft_rows(art, "crv_sft")[:2]
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    cfg = SFTConfig(output_dir=str(tmp_path / "o"), completion_only_loss=True, bf16=False, report_to="none",
+                    gradient_checkpointing=False, max_length=256, per_device_train_batch_size=2)
+    tr = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=cfg, train_dataset=ds,
+                    processing_class=tok)
+    batch = tr.data_collator([tr.train_dataset[i] for i in range(2)])
+    for i, r in enumerate(rows):
+        n_prompt = len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"])
+        labels, ids = batch["labels"][i], batch["input_ids"][i]
+        assert (labels[:n_prompt] == -100).all(), "prompt tokens must not be trained on"
+        n_real = int(batch["attention_mask"][i].sum()) if "attention_mask" in batch else len(ids)
+        assert (labels[n_prompt:n_real] == ids[n_prompt:n_real]).all(), "every response token is trained on"
+        answer = tok.decode(ids[n_prompt:n_real])
+        assert r["completion"][0]["content"][:40] in answer
+    tr.model.eval()
+    with torch.no_grad():
+        loss = tr.compute_loss(tr.model, batch)
+        logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    manual = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+                             ignore_index=-100)
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-4)
