@@ -12,7 +12,7 @@ Accuracy
   The baseline is math-verify 0.9.0 with its defaults: ``verify(parse(gold), parse(pred))``.
 
 Speed
-  answers graded per second: the kit's batch grader (``MathGrader.check_many``: worker process,
+  answers graded per second: the kit's batch grader (``MathGrader.check_many``: 2 worker processes,
   5 s limit per check) against math-verify called one answer at a time (5 s default limits),
   on the same answers; then the timeout path (inputs that make SymPy compute for ever).
 """
@@ -89,7 +89,7 @@ def main() -> int:
     cases = read_jsonl(ROOT / "tests" / "data" / "grader_cases.jsonl")
     math_cases = [c for c in cases if c["kind"] == "math"]
     choice_cases = [c for c in cases if c["kind"] == "choice"]
-    grader = MathGrader(timeout_s=5.0)
+    grader = MathGrader(timeout_s=5.0, workers=2)
     grader.start()
     lines = ["# Grader accuracy and speed", "",
              f"Machine: {platform.platform()}, Python {platform.python_version()}; one run of "
@@ -156,7 +156,7 @@ def main() -> int:
               f"Workload: {len(work)} answers = 500 MATH-500 reference solutions, 1319 GSM8K worked solutions "
               f"ending 'The answer is N', {len(math_cases)} test-suite cases.", "",
               "| grader | seconds | answers/s | ratio |", "|---|---:|---:|---:|",
-              f"| cogpo-kit `MathGrader.check_many` (worker process, 5 s limit) | {mine_s:.1f} | {len(work) / mine_s:.0f} | "
+              f"| cogpo-kit `MathGrader.check_many` (2 worker processes, 5 s limit) | {mine_s:.1f} | {len(work) / mine_s:.0f} | "
               f"{base_s / mine_s:.1f}x |",
               f"| math-verify `parse`+`verify`, one answer at a time (5 s limits) | {base_s:.1f} | {len(work) / base_s:.0f} | 1.0x |",
               "", f"Agreement between the two on this workload: {sum(r.correct == b for r, b in zip(mine_res, base_res))} "

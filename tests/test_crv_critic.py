@@ -9,7 +9,7 @@ import pytest
 from cogpo_kit.crv.agents import agents_on
 from cogpo_kit.crv.config import AgentConfig, CRVConfig
 from cogpo_kit.crv.critic import ask_label, decide, full_vote_label
-from cogpo_kit.crv.scheduler import Call, CRVError, Scheduler, gather
+from cogpo_kit.crv.scheduler import CRVError, Scheduler, gather
 from cogpo_kit.engines.base import Completion, Request
 from cogpo_kit.engines.cache import CachedEngine
 from cogpo_kit.engines.scripted import ScriptedEngine

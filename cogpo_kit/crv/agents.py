@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 from cogpo_kit.crv.config import AgentConfig, CRVConfig
 from cogpo_kit.crv.prompts import CRITIC_LABELS, VERIFIER_LABELS, build_messages
 from cogpo_kit.engines.base import Completion, EngineError, Request
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import SamplingConfig
 from cogpo_kit.io import stable_hash
 
 ROLES = ("critic", "expand", "simplify", "verifier", "corrupt", "student")

@@ -49,9 +49,21 @@ def _load_records(params, stage) -> tuple[list[CoTRecord], Any]:
 
     rejects = stage.file("rejects.jsonl") if params.data.on_invalid == "reject" else None
     records, report = load_cot(params.data, rejects_path=rejects, logger=stage.logger)
-    if params.data.path:
-        stage.add_input(params.data.path)
+    for path in getattr(report, "paths", None) or ([params.data.path] if params.data.path else []):
+        if Path(path).exists():
+            stage.add_input(path)
     return list(records), report
+
+
+def _attach(agents, stage) -> None:
+    """Send the engines' log lines to the stage log."""
+    for key in agents.owned:
+        eng = agents.engines[key]
+        if hasattr(eng, "logger"):
+            try:
+                eng.logger = stage.logger
+            except AttributeError:
+                pass
 
 
 def _critique_row(rec: CoTRecord, r: LabelResult, probe: Optional[LabelResult]) -> dict:
@@ -63,10 +75,12 @@ def _critique_row(rec: CoTRecord, r: LabelResult, probe: Optional[LabelResult]) 
 
 
 def run_critique(params, *, records: Optional[Sequence[CoTRecord]] = None,
-                 engines: Optional[dict[str, Any]] = None) -> dict:
+                 engines: Optional[dict[str, Any]] = None, naive: bool = False) -> dict:
     """Stage 01: the Critic's majority rating of every CoT. Returns the manifest.
 
-    ``records`` replaces loading ``params.data``; ``engines`` (role -> engine) replaces building them.
+    ``records`` replaces loading ``params.data``; ``engines`` (role -> engine) replaces building them;
+    ``naive`` drives the workflows one example, one request of one sample at a time (the baseline of
+    ``benchmarks/crv.py``).
     """
     crv = params.crv
     stage = open_stage(run_dir(params), "critique", params_dict(params))
@@ -81,6 +95,7 @@ def run_critique(params, *, records: Optional[Sequence[CoTRecord]] = None,
     atomic_write_jsonl(stage.file("input.jsonl"), [r.to_dict() for r in records])
     stage.logger.info("critique: %d CoTs, %d votes each (early exit %s)", len(records), crv.votes, crv.early_exit)
     agents = build_agents(params, "critique", engines=engines)
+    _attach(agents, stage)
     try:
         critic = agents.role("critic")
         jobs = [ask_label(critic, critic.messages(problem=r.problem, answer=r.answer, reasoning=r.reasoning),
@@ -89,7 +104,7 @@ def run_critique(params, *, records: Optional[Sequence[CoTRecord]] = None,
         jobs += [ask_label(critic, critic.messages(problem=r.problem, answer=r.answer, reasoning=r.reasoning),
                            votes=crv.votes, early_exit=False, free=True, tag="critic_free", max_reasks=0)
                  for r in records[:n_probe]]
-        sched = Scheduler(agents, logger=stage.logger, desc="critique")
+        sched = Scheduler(agents, logger=stage.logger, desc="critique", sequential=naive)
         try:
             results = sched.run(jobs)
         except Exception as exc:
@@ -154,8 +169,10 @@ def _read_critique(run_path: Path) -> tuple[list[CoTRecord], dict[str, dict], Pa
     return records, crits, inp, crit
 
 
-def run_rethink(params, *, engines: Optional[dict[str, Any]] = None) -> dict:
-    """Stage 02: Verifier, Rethinker loop and incorrect CoTs -> D_SFT*. Returns the manifest."""
+def run_rethink(params, *, engines: Optional[dict[str, Any]] = None, naive: bool = False) -> dict:
+    """Stage 02: Verifier, Rethinker loop and incorrect CoTs -> D_SFT*. Returns the manifest.
+
+    ``engines`` and ``naive`` as in :func:`run_critique`."""
     crv = params.crv
     run_path = run_dir(params)
     records, crits, inp, crit = _read_critique(run_path)
@@ -163,6 +180,7 @@ def run_rethink(params, *, engines: Optional[dict[str, Any]] = None) -> dict:
     stage.logger.info("rethink: %d CoTs, ablation %s, verifier %s, %d attempts", len(records), crv.ablation,
                       crv.verifier_mode, crv.max_attempts)
     agents = build_agents(params, "rethink", engines=engines)
+    _attach(agents, stage)
     try:
         rt = Rethink(agents, crv)
         n = len(records)
@@ -174,7 +192,7 @@ def run_rethink(params, *, engines: Optional[dict[str, Any]] = None) -> dict:
             probe_n = min(crv.free_label_probe, n)
             jobs += [ask_label(verifier, verifier.messages(problem=r.problem, answer=r.answer, reasoning=r.reasoning),
                                votes=1, free=True, tag="verifier_free", max_reasks=0) for r in records[:probe_n]]
-        sched = Scheduler(agents, logger=stage.logger, desc="rethink")
+        sched = Scheduler(agents, logger=stage.logger, desc="rethink", sequential=naive)
         try:
             results = sched.run(jobs)
         except Exception as exc:

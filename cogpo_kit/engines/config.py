@@ -77,6 +77,10 @@ class EngineConfig:
     """``openai``: per-request timeout in seconds."""
     max_retries: int = 6
     """``openai``: retries on 429, 5xx, timeouts and refused connections (exponential backoff, jitter)."""
+    retry_backoff_s: float = 1.0
+    """``openai``: first retry delay in seconds; doubles per retry, with jitter (a server's Retry-After wins)."""
+    retry_backoff_max_s: float = 30.0
+    """``openai``: longest delay between two retries, in seconds."""
     guided_choice: Literal["auto", "grammar", "vllm", "none"] = "auto"
     """``openai``: how to ask the server for a constrained label: a GBNF ``grammar`` field (llama.cpp
     server), vLLM's ``structured_outputs``/``guided_choice``, or ``none`` (free text, parsed);

@@ -3,16 +3,18 @@
 Order of evidence, strongest first:
 
 1. text after the last ``</think>`` (reasoning models), when there is any;
-2. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled; ``\\boxed 5`` too); boxes that
-   sit next to it, separated only by commas, "and", spacing or a few words, are joined
-   (``\\boxed{1} and \\boxed{-2}`` -> ``1, -2``);
+2. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled; ``\\boxed 5`` too); boxes right
+   before it, separated only by punctuation, or by a connector (comma, "and", "or") with at most three
+   words and no sentence boundary, are joined (``\\boxed{1} and \\boxed{-2}`` -> ``1, -2``) — unless
+   a stated answer ("The final answer is ...") follows the last box, which then wins;
 3. "the final answer is ...", "the answer is ...", "Answer: ...", "réponse est ...", "答案：..."
    (the last one), cut at the end of its sentence;
 4. a short text that is itself an answer (``10\\text{ units}``, ``x + y - z + 2 = 0``) is kept whole;
 5. the last math environment (``$...$``, ``\\(...\\)``, ``\\[...\\]``) when nothing but prose follows it;
 6. the last number.
 
-Every pattern here runs in linear time: model outputs can be long and hostile.
+Model outputs can be long and hostile: the patterns avoid nested quantifiers, and the grader runs
+extraction inside its time-limited worker.
 """
 
 from __future__ import annotations
@@ -89,12 +91,17 @@ def find_boxed(text: str) -> list[tuple[int, int, str]]:
 
 
 def _joinable(separator: str) -> bool:
-    """Boxes separated by this text belong to one answer (commas, "and", spacing, a few words)."""
-    if len(separator) > 60:
+    """Boxes separated by this text belong to one answer: punctuation/spacing only, or a connector
+    (comma, "and", "or", ``\\quad``) with at most a few words, and no sentence boundary."""
+    if len(separator) > 60 or re.search(r"[.!?]\s+[A-Z]|\n\s*\n", separator):
         return False
-    words = [w for w in _WORD.findall(_SEPARATOR_NOISE.sub(" ", separator)) if w.lower() not in {"text", "quad"}]
-    tokens = _SEPARATOR_NOISE.sub(" ", separator).split()
-    return len(words) <= 3 and len(tokens) <= 4
+    plain = _SEPARATOR_NOISE.sub(" ", separator)
+    words = [w for w in re.findall(r"[A-Za-z\u00c0-\u024f]+|[\u3040-\u30ff\u4e00-\u9fff]+", plain)
+             if w.lower() not in {"text", "quad", "qquad", "and", "or"}]
+    if not words:
+        return True
+    has_connector = bool(re.search(r",|;|\\quad|\band\b|\bor\b", separator))
+    return has_connector and len(words) <= 3 and len(plain.split()) <= 4
 
 
 def boxed_answer(text: str) -> Optional[str]:

@@ -222,9 +222,25 @@ def _load_lcb_file(path: Path) -> list[dict]:
     return out
 
 
+LCB_HUB_REPO = "livecodebench/code_generation_lite"
+
+
+def _hub_file(name: str) -> Path:
+    """``hub:test5.jsonl`` -> that file of the LiveCodeBench dataset repo, downloaded (and cached) from the hub."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(LCB_HUB_REPO, name, repo_type="dataset"))
+    except Exception as exc:  # offline, unknown file, no huggingface_hub
+        raise DataError(f"cannot fetch {name} from the hub dataset {LCB_HUB_REPO} ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); download it where the hub is reachable and set "
+                        "eval.livecodebench_path to the local file", field="eval.livecodebench_path") from None
+
+
 def load_livecodebench(d: Path, opt) -> list[dict]:
     if opt.livecodebench_path:
-        return _load_lcb_file(Path(opt.livecodebench_path))
+        path = opt.livecodebench_path
+        return _load_lcb_file(_hub_file(path[4:]) if path.startswith("hub:") else Path(path))
     p = d / "livecodebench_v5_qwq" / "livecodebench_v5.jsonl"
     out = []
     for n, o in _rows(p):

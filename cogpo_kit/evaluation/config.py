@@ -16,6 +16,8 @@ class EvalParams:
     """Benchmark names from the registry (``cogpo-kit eval --list``)."""
     limit: Optional[int] = None
     """Problems per benchmark (first N after a fixed-seed shuffle; ``None``: all)."""
+    limits: dict[str, int] = field(default_factory=dict)
+    """Per-benchmark ``limit`` overriding the one above (e.g. ``{gsm8k: 100, math500: 50}``)."""
     models: tuple[str, ...] = ("zero_shot", "sft", "crv_sft", "cogpo", "dpo", "beta_dpo", "simpo")
     """Which models to evaluate: ``zero_shot`` (the student as is), SFT variants, preference methods,
     or any model spec."""
@@ -33,6 +35,8 @@ class EvalParams:
     """Seed for shuffles (benchmark order, GPQA choices) and the bootstrap."""
     math_timeout_s: float = 5.0
     """Time limit of one math equivalence check."""
+    grader_workers: int = 0
+    """Processes grading math answers in parallel (0: up to 4, one per CPU)."""
     code_timeout_s: float = 6.0
     """Wall-clock limit of one program run on one test."""
     mmlu_subjects: tuple[str, ...] = ()
@@ -40,7 +44,8 @@ class EvalParams:
     mmlu_split: str = "test"
     """MMLU split file: ``test``, ``val`` or ``dev``."""
     livecodebench_path: Optional[str] = None
-    """A LiveCodeBench ``code_generation_lite`` JSONL file (public + private tests); ``None``: the shipped v5
+    """A LiveCodeBench ``code_generation_lite`` JSONL file (public + private tests), or ``hub:<file>`` (e.g.
+    ``hub:test5.jsonl``) to fetch one from the hub dataset where it is reachable; ``None``: the shipped v5
     prompts with only the sample tests parsed from each statement."""
     data_dir: Optional[str] = None
     """Folder holding the benchmark files (``None``: the project's ``data/``)."""

@@ -58,15 +58,21 @@ class Overlap:
 
 
 class BenchmarkIndex:
-    """n-gram -> benchmark problems containing it."""
+    """n-gram -> benchmark problems containing it. A benchmark problem shorter than ``n`` tokens is
+    indexed whole and matches a training problem that contains it and is not much longer
+    (at most ``n`` tokens more), so a common short phrase does not flag every long text."""
 
     def __init__(self, n: int):
         self.n = n
         self.index: dict[tuple[str, ...], list[int]] = defaultdict(list)
         self.problems: list[tuple[str, str, str, int]] = []  # (bench, id, text, n_grams)
+        self.short_lengths: set[int] = set()
 
     def add(self, bench: str, pid: str, text: str) -> None:
-        grams = ngrams(tokens(text), self.n)
+        toks = tokens(text)
+        grams = ngrams(toks, self.n)
+        if 0 < len(toks) < self.n:
+            self.short_lengths.add(len(toks))
         k = len(self.problems)
         self.problems.append((bench, pid, text, len(grams)))
         for g in grams:
@@ -74,19 +80,29 @@ class BenchmarkIndex:
 
     def matches(self, text: str, threshold: float) -> list[tuple[int, float, float]]:
         """``(problem index, train share, bench share)`` of problems reaching the threshold."""
-        grams = ngrams(tokens(text), self.n)
+        toks = tokens(text)
+        grams = ngrams(toks, self.n)
         if not grams:
             return []
         hits: Counter = Counter()
         for g in grams:
             for k in self.index.get(g, ()):
                 hits[k] += 1
+        short_hits: set[int] = set()
+        for length in self.short_lengths:
+            if length >= len(toks) or len(toks) > length + self.n:
+                continue
+            for g in {tuple(toks[i:i + length]) for i in range(len(toks) - length + 1)}:
+                short_hits.update(self.index.get(g, ()))
         out = []
-        for k, c in hits.items():
-            train_share = c / len(grams)
-            bench_share = c / max(1, self.problems[k][3])
+        for k in set(hits) | short_hits:
+            if k in short_hits:
+                train_share, bench_share = hits[k] / len(grams), 1.0
+            else:
+                train_share = hits[k] / len(grams)
+                bench_share = hits[k] / max(1, self.problems[k][3])
             if train_share >= threshold or bench_share >= threshold:
-                out.append((k, train_share, bench_share))
+                out.append((k, float(train_share), float(bench_share)))
         return sorted(out, key=lambda x: -max(x[1], x[2]))
 
 

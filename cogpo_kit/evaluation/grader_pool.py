@@ -38,6 +38,7 @@ class WorkerProc:
         self.restarts = 0
         self.hard_timeouts = 0
         self._stderr = None
+        self._sel: Optional[selectors.BaseSelector] = None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -50,6 +51,8 @@ class WorkerProc:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
                                      close_fds=True)
         self.buf = b""
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.proc.stdout.fileno(), selectors.EVENT_READ)
         line = self._read_line(time.monotonic() + self.start_timeout_s)
         if line is None or json.loads(line).get("ready") is not True:
             self._stderr.seek(0)
@@ -80,6 +83,9 @@ class WorkerProc:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+        if getattr(self, "_sel", None) is not None:
+            self._sel.close()
+            self._sel = None
         self.proc = None
         self.buf = b""
 
@@ -98,10 +104,8 @@ class WorkerProc:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            with selectors.DefaultSelector() as sel:
-                sel.register(fd, selectors.EVENT_READ)
-                if not sel.select(left):
-                    return None
+            if not self._sel.select(left):
+                return None
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 return None

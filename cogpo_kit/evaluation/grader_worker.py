@@ -20,6 +20,10 @@ class SoftTimeout(BaseException):
     """Raised by the timer; a BaseException so library ``except Exception`` cannot swallow it."""
 
 
+def _cap(text, limit: int = 2000):
+    return text if text is None or len(text) <= limit else text[:limit] + "..."
+
+
 def _on_alarm(signum, frame):
     raise SoftTimeout()
 
@@ -52,7 +56,7 @@ def main(argv: list[str]) -> int:
             signal.setitimer(signal.ITIMER_REAL, float(req.get("timeout", 5.0)))
             chk = check_math(req["pred"], req["gold"])
             signal.setitimer(signal.ITIMER_REAL, 0)
-            res.update(correct=chk.correct, pred=chk.pred_answer, gold=chk.gold_answer, method=chk.method)
+            res.update(correct=chk.correct, pred=_cap(chk.pred_answer), gold=_cap(chk.gold_answer), method=chk.method)
         except SoftTimeout:
             res.update(method="timeout", timed_out=True)
         except MemoryError:

@@ -10,30 +10,24 @@ call (``9^{9^{9}}``), where no signal can interrupt it. Each check has two limit
   killed and a fresh one is started for the next check.
 
 So ``grade`` never hangs, works from any thread, and a pathological answer costs at most the hard
-limit. Multiple-choice grading (:mod:`choice`) is pure string work and runs in-process.
+limit. :class:`MathGrader` can run several workers and pipelines requests to each (see
+:mod:`grader_pool`). Multiple-choice grading (:mod:`choice`) is pure string work and runs in-process.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
-import os
-import selectors
-import subprocess
-import sys
-import tempfile
+import queue
 import threading
-import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 from cogpo_kit.evaluation.answer_extraction import extract_answer  # noqa: F401  (public)
 from cogpo_kit.evaluation.choice import CHOICE_EXTRACTORS, extract_choice, grade_choice  # noqa: F401
+from cogpo_kit.evaluation.grader_pool import WorkerProc
 
 KINDS = ("math", "choice")
-_WORKER_MEMORY_BYTES = 4 << 30
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
@@ -53,85 +47,52 @@ class GradeResult:
 
 
 class MathGrader:
-    """Math equivalence checks in a worker process with a soft and a hard time limit.
+    """Math equivalence checks in worker processes with a soft and a hard time limit.
 
     ``timeout_s`` is the soft limit of one check; the hard limit is ``timeout_s + grace_s``.
-    Thread-safe; use one per process (see :func:`default_grader`) or as a context manager.
+    ``workers`` processes grade in parallel in :meth:`check_many` (requests pipelined to each).
+    Thread-safe; use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, timeout_s: float = 5.0, grace_s: float = 2.0, start_timeout_s: float = 180.0):
+    def __init__(self, timeout_s: float = 5.0, grace_s: float = 2.0, workers: int = 1, start_timeout_s: float = 180.0):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
         self.timeout_s = float(timeout_s)
         self.grace_s = float(grace_s)
-        self.start_timeout_s = float(start_timeout_s)
-        self.restarts = 0
-        self.timeouts = 0
         self.checks = 0
-        self._proc: Optional[subprocess.Popen] = None
-        self._buf = b""
-        self._stderr = None
-        self._lock = threading.RLock()
+        self.timeouts = 0
+        self._workers = [WorkerProc(start_timeout_s) for _ in range(workers)]
+        self._idle: "queue.Queue[WorkerProc]" = queue.Queue()
+        for w in self._workers:
+            self._idle.put(w)
+        self._lock = threading.Lock()
 
-    # -- worker lifecycle -------------------------------------------------------------------
-    def _start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self._stderr = tempfile.TemporaryFile()
-        proc = subprocess.Popen([sys.executable, "-m", "cogpo_kit.evaluation.grader_worker", str(_WORKER_MEMORY_BYTES)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
-                                close_fds=True)
-        self._proc, self._buf = proc, b""
-        line = self._read_line(time.monotonic() + self.start_timeout_s)
-        if line is None or json.loads(line).get("ready") is not True:
-            self._stderr.seek(0)
-            err = self._stderr.read().decode("utf-8", "replace")[-2000:]
-            self._kill()
-            raise RuntimeError(f"math grader worker did not start (exit code {proc.poll()}): {err}")
+    @property
+    def restarts(self) -> int:
+        """Workers replaced after a hard timeout or a crash."""
+        return sum(w.restarts for w in self._workers)
 
-    def _read_line(self, deadline: float) -> Optional[bytes]:
-        """One line from the worker, or ``None`` at the deadline / when it died."""
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            with selectors.DefaultSelector() as sel:
-                sel.register(fd, selectors.EVENT_READ)
-                if not sel.select(left):
-                    return None
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return None
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.alive()]
 
-    def _kill(self) -> None:
-        if self._proc is not None:
-            try:
-                self._proc.kill()
-                self._proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-            for stream in (self._proc.stdin, self._proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-        self._proc = None
-        self._buf = b""
+    def start(self) -> "MathGrader":
+        """Start the workers now (otherwise the first check starts them)."""
+        ws = [self._idle.get() for _ in self._workers]
+        try:
+            for w in ws:
+                w.ensure()
+        finally:
+            for w in ws:
+                self._idle.put(w)
+        return self
 
     def close(self) -> None:
-        """Stop the worker (a later check starts a new one)."""
-        with self._lock:
-            if self._proc is not None:
-                try:
-                    self._proc.stdin.close()
-                    self._proc.wait(2)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
-            self._kill()
+        """Stop the workers (a later check starts new ones)."""
+        for w in self._workers:
+            w.close()
 
     def __enter__(self) -> "MathGrader":
         return self
@@ -139,64 +100,49 @@ class MathGrader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @property
-    def worker_pid(self) -> Optional[int]:
-        return self._proc.pid if self._proc is not None else None
-
-    def start(self) -> "MathGrader":
-        """Start the worker now (otherwise the first check starts it)."""
+    def _run(self, items: Sequence[tuple[str, str]], soft: float) -> list[GradeResult]:
+        w = self._idle.get()
+        try:
+            raw = w.run_batch([(str(p), str(g)) for p, g in items], soft, self.grace_s)
+        finally:
+            self._idle.put(w)
+        out = [GradeResult(bool(r["correct"]), r["pred"], r["gold"], r["method"], float(r["seconds"]),
+                           bool(r["timed_out"])) for r in raw]
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._kill()
-                self._start()
-        return self
+            self.checks += len(out)
+            self.timeouts += sum(r.timed_out for r in out)
+        return out
 
-    # -- checks -----------------------------------------------------------------------------
     def check(self, prediction: str, gold: str, timeout_s: Optional[float] = None) -> GradeResult:
         """Grade one math answer; never raises for a bad answer, never waits past the hard limit."""
-        soft = float(timeout_s or self.timeout_s)
-        with self._lock:
-            self.checks += 1
-            if self._proc is None or self._proc.poll() is not None:
-                if self._proc is not None:
-                    self.restarts += 1
-                self._kill()
-                self._start()
-            start = time.perf_counter()
-            try:
-                msg = json.dumps({"pred": str(prediction), "gold": str(gold), "timeout": soft}) + "\n"
-                self._proc.stdin.write(msg.encode("utf-8"))
-                self._proc.stdin.flush()
-            except (OSError, ValueError) as exc:
-                self._kill()
-                self.restarts += 1
-                return GradeResult(False, None, None, f"error: grader worker died ({type(exc).__name__})",
-                                   time.perf_counter() - start)
-            line = self._read_line(time.monotonic() + soft + self.grace_s)
-            if line is not None:
-                r = json.loads(line)
-                if r["timed_out"]:
-                    self.timeouts += 1
-                return GradeResult(bool(r["correct"]), r["pred"], r["gold"], r["method"], r["seconds"], r["timed_out"])
-            # hard limit (or the worker died): it is stuck inside one call -> kill, restart on next check
-            died = self._proc.poll() is not None
-            self._kill()
-            self.restarts += 1
-            if died:
-                return GradeResult(False, None, None, "error: grader worker died", time.perf_counter() - start)
-            self.timeouts += 1
-            return GradeResult(False, None, None, "timeout", time.perf_counter() - start, True)
+        return self._run([(prediction, gold)], float(timeout_s or self.timeout_s))[0]
 
     def check_many(self, pairs: Iterable[tuple[str, str]], *, desc: str = "grading",
-                   show_progress: bool = False) -> list[GradeResult]:
-        """Grade ``(prediction, gold)`` pairs in order."""
+                   show_progress: bool = False, chunk: int = 64) -> list[GradeResult]:
+        """Grade ``(prediction, gold)`` pairs, spread over the workers; results in input order."""
         pairs = list(pairs)
-        it: Iterable = pairs
+        chunks = [pairs[i:i + chunk] for i in range(0, len(pairs), chunk)]
+        results: list[list[GradeResult]] = [[] for _ in chunks]
+        bar = None
         if show_progress:
             from cogpo_kit.progress import progress
 
-            it = progress(pairs, total=len(pairs), desc=desc, unit="answer")
-        return [self.check(p, g) for p, g in it]
+            bar = progress(total=len(pairs), desc=desc, unit="answer")
+
+        def work(k: int) -> None:
+            results[k] = self._run(chunks[k], self.timeout_s)
+            if bar is not None:
+                bar.update(len(chunks[k]))
+
+        if len(self._workers) == 1 or len(chunks) <= 1:
+            for k in range(len(chunks)):
+                work(k)
+        else:
+            with ThreadPoolExecutor(max_workers=len(self._workers)) as pool:
+                list(pool.map(work, range(len(chunks))))
+        if bar is not None:
+            bar.close()
+        return [r for part in results for r in part]
 
 
 _DEFAULT: Optional[MathGrader] = None

@@ -69,7 +69,7 @@ def _text_groups(s: str) -> str:
         # a number or math outside the text: the text is a unit or a remark -> drop it
         # (\mathrm{e} and \operatorname{...} are math, keep their content)
         s = re.sub(r"\\(?:mathrm|mathbf|operatorname)\s*\{([^{}]*)\}", r"\1", s)
-        return _TEXT_GROUP.sub(" ", s)
+        return re.sub(_TEXT_GROUP.pattern + r"(?:\s*\^\s*\{?\s*[23]\s*\}?)?", " ", s)
     return _TEXT_GROUP.sub(r"\1", s)
 
 
@@ -93,7 +93,7 @@ def normalize_answer(ans: str) -> str:
     s = re.sub(r"\s*(?:\\quad|\bor\b|\band\b)\s*", ", ", s) if re.search(r"\b(?:or|and)\b", s) else s
     s = re.sub(r",\s*,", ",", s).strip(" ,")
     s = _fix_frac_sqrt(s)
-    m = _UNIT_WORDS.search(s)
+    m = _UNIT_WORDS.search(s) if len(s) <= 300 else None
     if m and re.search(r"\d", s[: m.start()]) and not (set(m.group(0).split()) & _FUNC_NAMES):
         s = s[: m.start()].strip()
     return s.rstrip(".").strip()

@@ -130,21 +130,33 @@ def _clean_env(workdir: str) -> dict[str, str]:
             "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
 
 
-def _kill_uid(uid: int) -> None:
-    """Kill every process of a sandbox uid (fork bombs that left the process group)."""
-    if _SETPRIV:
+def _kill_uid(uid: int, patience_s: float = 5.0) -> None:
+    """Kill every process of a sandbox uid (fork bombs that left the process group), repeating
+    until none is alive (processes forked while ``kill -1`` runs are caught by the next round)."""
+    if not _SETPRIV:
+        return
+    deadline = time.monotonic() + patience_s
+    while True:
         subprocess.run([_SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", _SH, "-c",
                         "kill -9 -1 2>/dev/null; exit 0"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=10, env={"PATH": "/usr/bin:/bin"})
+        if not _uid_has_processes(uid) or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 def _uid_has_processes(uid: int) -> bool:
+    """Whether a live (not zombie) process of ``uid`` exists."""
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    state = fh.read().rsplit(b")", 1)[1].split()[0]
+                if state not in (b"Z", b"X"):
                     return True
-            except OSError:
+            except (OSError, IndexError):
                 continue
     return False
 

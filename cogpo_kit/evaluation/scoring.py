@@ -31,11 +31,17 @@ def grade_benchmark(bench: Benchmark, problems: Sequence[Problem], prompts: Sequ
 
     rows: list[dict] = []
     verdicts: list[list[bool]] = []
-    total = sum(len(c) for c in completions)
-    bar = progress(total=total, desc=f"grading {bench.name}", unit="sample") if show_progress else None
+    math_results: dict[tuple[int, int], object] = {}
+    if bench.kind == "math":  # all math checks at once: pipelined over the grader's workers
+        keys = [(k, i) for k, comps in enumerate(completions) for i, c in enumerate(comps) if c.finish_reason != "error"]
+        res = grader.check_many([(completions[k][i].text or "", problems[k].gold) for k, i in keys],
+                                desc=f"grading {bench.name}", show_progress=show_progress)
+        math_results = dict(zip(keys, res))
+    code_items = sum(len(c) for c in completions) if bench.kind == "code" else 0
+    bar = progress(total=code_items, desc=f"testing {bench.name}", unit="program") if code_items and show_progress else None
     limits = Limits(cpu_s=ev.code_timeout_s, wall_s=max(ev.code_timeout_s * 2, ev.code_timeout_s + 2),
                     memory_mb=ev.code_memory_mb)
-    for prob, prompt, comps in zip(problems, prompts, completions):
+    for k, (prob, prompt, comps) in enumerate(zip(problems, prompts, completions)):
         per: list[bool] = []
         for i, comp in enumerate(comps):
             text = comp.text or ""
@@ -45,13 +51,13 @@ def grade_benchmark(bench: Benchmark, problems: Sequence[Problem], prompts: Sequ
             if comp.finish_reason == "error":
                 row.update(extracted=None, correct=False, method=f"generation error: {comp.error}")
             elif bench.kind == "math":
-                res = grader.check(text, prob.gold)
+                res = math_results[(k, i)]
                 row.update(extracted=res.extracted, correct=res.correct, method=res.method)
             elif bench.kind == "choice":
                 n = len(prob.choices) or 4
                 by = {name: extract_choice(text, name, n_choices=n) for name in CHOICE_EXTRACTORS}
                 row.update(extracted=by[ev.choice_extractor], correct=by[ev.choice_extractor] == prob.gold,
-                           method=ev.choice_extractor, extractors={k: v == prob.gold for k, v in by.items()},
+                           method=ev.choice_extractor, extractors={k2: v == prob.gold for k2, v in by.items()},
                            letters=by)
             elif bench.kind == "code":
                 code = extract_code(text)
@@ -64,12 +70,12 @@ def grade_benchmark(bench: Benchmark, problems: Sequence[Problem], prompts: Sequ
                                verdict="pass" if failed is None else failed.verdict,
                                reason=failed.reason if failed else "",
                                tests=[t.verdict for t in tv], tests_source=prob.meta.get("tests_source"))
+                if bar is not None:
+                    bar.update(1)
             else:
                 raise ValueError(f"benchmark '{bench.name}': unknown kind '{bench.kind}'")
             per.append(bool(row["correct"]))
             rows.append(row)
-            if bar is not None:
-                bar.update(1)
         verdicts.append(per)
     if bar is not None:
         bar.close()
@@ -102,10 +108,15 @@ def summarize_benchmark(bench: Benchmark, problems: Sequence[Problem], verdicts:
     if bench.kind == "choice":
         out["extractor"] = ev.choice_extractor
         out["extractors"] = {}
+        by_id: dict[str, list[dict]] = {}
+        for r in rows:
+            by_id.setdefault(r["id"], []).append(r)
         for name in CHOICE_EXTRACTORS:
-            per = [[r["extractors"][name] for r in rows if r["id"] == p.id] for p in problems]
-            vals = [sum(v) / len(v) for v in per if v]
-            out["extractors"][name] = score_summary(vals, resamples=ev.bootstrap, seed=ev.seed)["score"]
+            vals = []
+            for p in problems:
+                got = [r["extractors"][name] for r in by_id.get(p.id, []) if "extractors" in r]
+                vals.append(sum(got) / len(got) if got else 0.0)
+            out["extractors"][name] = score_summary(vals, resamples=0, seed=ev.seed)["score"]
     if bench.kind == "code":
         out["verdicts"] = dict(Counter(r.get("verdict") for r in rows))
         out["test_verdicts"] = dict(Counter(t for r in rows for t in r.get("tests", [])))

@@ -15,6 +15,8 @@ Writes ``06_evaluate/<model>/results.json`` and ``samples_<bench>.jsonl``, and
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +36,11 @@ PREFERENCE_NAMES = ("cogpo", "dpo", "beta_dpo", "simpo")
 
 EngineFactory = Callable[[str], object]
 """``factory(model_spec) -> engine`` (tests pass a fake; the stage uses :func:`build_engine`)."""
+
+
+def model_dir_name(name: str) -> str:
+    """Folder of a model's results: its name, with ``/`` as ``__`` (``Qwen/Qwen2.5-7B`` -> ``Qwen__Qwen2.5-7B``)."""
+    return re.sub(r"[^\w.@+=-]", "_", name.replace("/", "__"))
 
 
 def eval_model_names(params) -> list[str]:
@@ -79,7 +86,7 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
     opts = LoadOptions(seed=ev.seed, data_dir=ev.data_dir, mmlu_subjects=tuple(ev.mmlu_subjects),
                        mmlu_split=ev.mmlu_split, livecodebench_path=ev.livecodebench_path)
     benches = {name: get_benchmark(name) for name in ev.benchmarks}
-    problems = {name: load_problems(name, opts, ev.limit) for name in benches}
+    problems = {name: load_problems(name, opts, ev.limits.get(name, ev.limit)) for name in benches}
     prompts = {name: [build_messages(p, benches[name], template=ev.templates.get(name),
                                      system_prompt=ev.system_prompt) for p in problems[name]] for name in benches}
     for name, probs in problems.items():
@@ -101,7 +108,8 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
     skipped: dict[str, str] = {}
     models_info: dict[str, dict] = {}
     beta_scales = {}
-    grader = MathGrader(timeout_s=ev.math_timeout_s)
+    workers = ev.grader_workers or max(1, min(4, os.cpu_count() or 1))
+    grader = MathGrader(timeout_s=ev.math_timeout_s, workers=workers)
     try:
         for name in eval_model_names(params):
             spec, where = resolve_eval_model(name, params, run_path)
@@ -117,13 +125,15 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
                 except ValueError:
                     pass
             log.info("model %s: %s (%s)", name, spec, where)
+            if Path(spec).exists():
+                st.add_input(spec)
             t0 = time.time()
             engine = factory(spec)
             try:
                 reqs, index = [], []
                 for bname, msgs_list in prompts.items():
                     for i, msgs in enumerate(msgs_list):
-                        reqs.append(Request(messages=msgs, sampling=replace(ev.sampling, seed=ev.seed), n=ev.n_samples,
+                        reqs.append(Request(messages=msgs, sampling=ev.sampling, n=ev.n_samples,
                                             tag=f"eval:{bname}"))
                         index.append((bname, i))
                 outs = engine.generate(reqs)
@@ -139,7 +149,7 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
                 by_bench[bname][i] = comps
             t1 = time.time()
             res_model, scores[name] = {}, {}
-            out_dir = st.path / name
+            out_dir = st.path / model_dir_name(name)
             for bname, bench in benches.items():
                 texts = [m[-1]["content"] for m in prompts[bname]]
                 rows, verdicts = grade_benchmark(bench, problems[bname], texts, by_bench[bname], ev, grader,

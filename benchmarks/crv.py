@@ -1,0 +1,154 @@
+"""Benchmark: the kit's CRV stages against a naive implementation of the same algorithm.
+
+Both run the Critic, Verifier, Rethinker loop and incorrect CoTs on the same GSM8K-train CoTs with
+the same back end (one engine instance, loaded once), in one process:
+
+* **kit**: every round sends all pending requests of all examples at once (one ``generate`` call per
+  engine per round), the Critic stops asking once two votes agree, a request's samples share their
+  prompt, and a response cache (empty at the start, so every call is paid) sits under the engine;
+* **naive**: one example after the other, one request of one sample at a time, always all three
+  votes, no cache.
+
+Labels are the same by construction (early exit on the same samples), so with a back end whose
+samples do not depend on their batch the two write the same ``sft.jsonl`` and ``incorrect.jsonl``;
+the benchmark checks it. Results (examples per minute, LLM calls per example, ratios) go to
+``benchmarks/results/crv.md``.
+
+    python benchmarks/crv.py                                  # params/demo.yaml, 32 examples
+    python benchmarks/crv.py --limit 8 -o crv.rethinker.sampling.max_tokens=64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP threads must not spin on a shared CPU
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cogpo_kit.crv.agents import ROLES  # noqa: E402
+from cogpo_kit.crv.stage import run_critique, run_rethink  # noqa: E402
+from cogpo_kit.data.loaders import load_cot  # noqa: E402
+from cogpo_kit.engines import build_engine  # noqa: E402
+from cogpo_kit.engines.cache import CachedEngine  # noqa: E402
+from cogpo_kit.engines.config import CacheConfig  # noqa: E402
+from cogpo_kit.io import atomic_write_text  # noqa: E402
+from cogpo_kit.params import load_params  # noqa: E402
+
+
+def _run(label: str, params, records, engine, *, naive: bool) -> dict:
+    engines = {r: engine for r in ROLES}
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    m1 = run_critique(params, records=records, engines=engines, naive=naive)
+    m2 = run_rethink(params, engines=engines, naive=naive)
+    wall = time.perf_counter() - t0
+    c1, c2 = m1["funnel"]["calls"], m2["funnel"]["calls"]
+    n = len(records)
+    out = {
+        "label": label, "wall_s": wall, "examples": n, "examples_per_min": 60 * n / wall,
+        "samples": c1["samples"] + c2["samples"], "paid": c1["paid"] + c2["paid"],
+        "generate_calls": c1["generate_calls"] + c2["generate_calls"],
+        "rounds": c1["rounds"] + c2["rounds"],
+        "critic_samples": m1["funnel"]["early_exit"]["samples_asked"]
+        + c2["by_tag"].get("critic", {}).get("samples", 0),
+        "prompt_tokens": c1["prompt_tokens"] + c2["prompt_tokens"],
+        "completion_tokens": c1["completion_tokens"] + c2["completion_tokens"],
+        "funnel": m2["funnel"], "levels": m1["funnel"]["levels"], "load": (load0, os.getloadavg()[0]),
+        "run_dir": str(Path(params.run.output_dir) / params.run.run_id),
+    }
+    out["calls_per_example"] = out["paid"] / n
+    print(f"[{label}] {wall:.1f} s, {out['paid']} paid calls, {out['generate_calls']} generate calls", flush=True)
+    return out
+
+
+def _same_outputs(a: dict, b: dict) -> dict:
+    res = {}
+    for name in ("02_rethink/sft.jsonl", "02_rethink/incorrect.jsonl"):
+        res[name] = (Path(a["run_dir"]) / name).read_bytes() == (Path(b["run_dir"]) / name).read_bytes()
+    res["levels"] = a["levels"] == b["levels"]
+    return res
+
+
+def _table(kit: dict, naive: dict, same: dict, settings: dict) -> str:
+    def row(r):
+        return (f"| {r['label']} | {r['wall_s']:.0f} | {r['examples_per_min']:.2f} | {r['paid']} | "
+                f"{r['calls_per_example']:.2f} | {r['critic_samples']} | {r['generate_calls']} | "
+                f"{r['prompt_tokens']} | {r['completion_tokens']} | {r['load'][0]:.1f} → {r['load'][1]:.1f} |")
+
+    speed = kit["examples_per_min"] / naive["examples_per_min"]
+    calls = naive["calls_per_example"] / kit["calls_per_example"]
+    lines = [
+        "# CRV: the kit against a naive implementation of the same algorithm", "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `python benchmarks/crv.py "
+        f"{' '.join(settings['argv'])}` on {settings['host']}.", "",
+        f"Same {kit['examples']} GSM8K-train CoTs, same back end ({settings['engine']}, one instance), "
+        f"same seeds and prompts (paper Table 13), in one process. Settings: {settings['sampling']}.", "",
+        "| implementation | wall s | examples/min | LLM calls | calls/example | Critic calls | generate calls "
+        "| prompt tokens | completion tokens | load avg (start → end) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        row(kit), row(naive), "",
+        f"**Speed-up (examples/min): {speed:.2f}×** (target ≥ 3×). LLM calls per example: "
+        f"{kit['calls_per_example']:.2f} vs {naive['calls_per_example']:.2f} ({calls:.2f}× fewer).", "",
+        "Same outputs (labels, `sft.jsonl`, `incorrect.jsonl`): "
+        + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()) + ".", "",
+        "- kit: all pending requests of all examples per round, one `generate` call per engine per round; the "
+        "Critic's third vote only where two disagree; the votes of one request share its prompt; response cache "
+        "empty at the start (every call paid).",
+        "- naive: one example at a time, one request of one sample at a time, always three votes, no cache.",
+        "- The machine is shared: the load average column shows how busy it was; ratios are what to compare.",
+        "",
+        f"Funnel (kit): levels {kit['levels']}, D_SFT* {kit['funnel']['sft']}, incorrect CoTs "
+        f"{kit['funnel']['incorrect']['found']} of {kit['examples']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default=str(ROOT / "params" / "demo.yaml"))
+    ap.add_argument("--limit", type=int, default=32)
+    ap.add_argument("-o", "--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "crv.md"))
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="crv-bench-"))
+    base = [f"data.limit={args.limit}", "crv.free_label_probe=0", f"run.output_dir={work}", *args.overrides]
+    kit_params = load_params([args.params], base + ["run.run_id=kit", "crv.early_exit=true"])
+    naive_params = load_params([args.params], base + ["run.run_id=naive", "crv.early_exit=false"])
+    records, _ = load_cot(kit_params.data)
+    crv = kit_params.crv
+    configs = {crv.critic.engine, crv.rethinker.engine, crv.verifier.engine}
+    if len(configs) != 1:
+        raise SystemExit("benchmarks/crv.py expects one engine for all agents (as in params/demo.yaml)")
+    cfg = dataclasses.replace(crv.critic.engine, cache=CacheConfig(enabled=False))
+    backend = build_engine(cfg).backend  # loaded once, shared by both implementations
+    try:
+        kit_engine = CachedEngine(backend, work / "cache.sqlite", show_progress=False)
+        kit = _run("kit", kit_params, records, kit_engine, naive=False)
+        naive = _run("naive", naive_params, records, backend, naive=True)
+    finally:
+        backend.close()
+    same = _same_outputs(kit, naive)
+    settings = {
+        "argv": sys.argv[1:], "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "engine": f"{cfg.engine} {cfg.model}",
+        "sampling": ", ".join(f"{name} max_tokens={getattr(crv, name).sampling.max_tokens}"
+                              for name in ("critic", "rethinker", "verifier"))
+        + f", T={crv.critic.sampling.temperature}, top_p={crv.critic.sampling.top_p}, top_k={crv.critic.sampling.top_k}",
+    }
+    text = _table(kit, naive, same, settings)
+    atomic_write_text(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Shared engine pieces and build_engine: seeds, label parsing, grammars, context fit, registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cogpo_kit.engines import UnknownEngineError, build_engine, cache_key_extra
+from cogpo_kit.engines.base import ContextLengthError, EngineError
+from cogpo_kit.engines.common import (apply_stop, choices_grammar, fit_prompt, label_completion, parse_choice,
+                                      sample_seed)
+from cogpo_kit.engines.config import CacheConfig, EngineConfig
+
+LEVELS = ("easy", "medium", "hard")
+
+
+def test_sample_seed_is_stable_and_distinct():
+    assert sample_seed(0, 0) == sample_seed(0, 0)
+    seeds = {sample_seed(s, i) for s in range(5) for i in range(20)}
+    assert len(seeds) == 100 and all(0 <= x < 2**31 for x in seeds)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("medium", "medium"), (" Hard.", "hard"), ("**EASY**", "easy"),
+    ("The reasoning is easy to follow, so overall: medium", "medium"),
+    ("I would say it's hard", "hard"), ("nothing here", None), ("mediums", None),
+    ("<think>maybe easy</think> hard", "hard"),
+])
+def test_parse_choice(text, expected):
+    assert parse_choice(text, LEVELS, thinking_end="</think>") == expected
+
+
+def test_parse_choice_yes_no():
+    assert parse_choice("YES", ("YES", "NO")) == "YES"
+    assert parse_choice("no.", ("YES", "NO")) == "NO"
+    assert parse_choice("Not sure", ("YES", "NO")) is None
+
+
+def test_grammar_escapes_literals():
+    assert choices_grammar(LEVELS) == 'root ::= "easy" | "medium" | "hard"'
+    assert choices_grammar(['say "hi"', "a\\b"]) == 'root ::= "say \\"hi\\"" | "a\\\\b"'
+
+
+def test_apply_stop_cuts_at_earliest():
+    assert apply_stop("abc\n\nxyz END", ["END", "\n\n"]) == ("abc", True)
+    assert apply_stop("abc", ["Z"]) == ("abc", False)
+
+
+def test_label_completion_constrained_and_free():
+    c = label_completion("mediu", "length", 10, 4, LEVELS, constrained=True)
+    assert c.choice is None and c.finish_reason == "length"
+    c = label_completion("medium", "length", 10, 4, LEVELS, constrained=True)
+    assert c.choice == "medium" and c.finish_reason == "stop"
+    c = label_completion("thinking...</think>hard", "stop", 10, 4, LEVELS, "</think>", constrained=True)
+    assert c.choice == "hard"
+    assert label_completion("   ", "stop", 1, 1, None).finish_reason == "empty"
+
+
+def test_fit_prompt_policies():
+    toks = list(range(100))
+    assert fit_prompt(toks, 200, 50, "error", "r", "e") == (toks, 50, 0)
+    assert fit_prompt(toks, 120, 50, "error", "r", "e") == (toks, 20, 0)  # fits, shorter budget
+    with pytest.raises(ContextLengthError, match="request #3.*100 prompt tokens.*holds 80"):
+        fit_prompt(toks, 80, 10, "error", "request #3", "llamacpp")
+    kept, budget, dropped = fit_prompt(toks, 80, 10, "left", "r", "e")
+    assert kept == toks[30:] and budget == 10 and dropped == 30
+
+
+def test_unknown_engine_lists_known():
+    cfg = EngineConfig()
+    object.__setattr__(cfg, "engine", "tensorrt")
+    with pytest.raises(UnknownEngineError, match="unknown engine 'tensorrt'.*llamacpp, openai, transformers, vllm"):
+        build_engine(cfg)
+
+
+def test_vllm_absent_is_a_clear_error(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed")
+    except ImportError:
+        pass
+    with pytest.raises(EngineError, match="vllm package is not installed"):
+        build_engine(EngineConfig(engine="vllm"), cache_path=str(tmp_path / "c.sqlite"))
+
+
+def test_cache_path_precedence_and_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("COGPO_TEST_KEY", "sk-test")
+    cfg = EngineConfig(engine="openai", base_urls=("http://127.0.0.1:9/v1",), api_key_env="COGPO_TEST_KEY")
+    eng = build_engine(cfg, cache_path=str(tmp_path / "arg.sqlite"), model="served-name")
+    assert eng.path == tmp_path / "arg.sqlite" and eng.model_id == "openai:served-name"
+    eng.close()
+    cfg2 = EngineConfig(engine="openai", base_urls=("http://127.0.0.1:9/v1",),
+                        cache=CacheConfig(path=str(tmp_path / "params.sqlite"), enabled=False))
+    eng2 = build_engine(cfg2, cache_path=str(tmp_path / "arg.sqlite"))
+    assert eng2.path == tmp_path / "params.sqlite" and not eng2.enabled
+    eng2.close()
+    assert cache_key_extra(EngineConfig()) == {}
+    assert cache_key_extra(EngineConfig(thinking_end="</think>", truncation="left")) == {
+        "thinking_end": "</think>", "max_thinking_tokens": 4096, "truncation": "left"}
+
+
+def test_engines_package_imports_no_backend():
+    code = ("import sys, cogpo_kit.engines, cogpo_kit.engines.cache; "
+            "print(sorted(m for m in ('torch', 'llama_cpp', 'vllm', 'httpx', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
