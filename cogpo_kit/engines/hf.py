@@ -87,6 +87,25 @@ def _row_sampler_cls():
     return RowSampler
 
 
+def _stop_on_text_cls():
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnText(StoppingCriteria):
+        """Stops a row once its generated text (never the prompt) contains a stop string."""
+
+        def __init__(self, tok, stops: Sequence[str], start: int):
+            self.tok, self.stops, self.start = tok, [s for s in stops if s], start
+            self.window = max(len(s) for s in self.stops) + 4
+
+        def __call__(self, input_ids, scores, **kwargs):
+            tail = input_ids[:, self.start:][:, -self.window:]
+            texts = self.tok.batch_decode(tail, skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
+    return StopOnText
+
+
 class TransformersEngine:
     """Any causal LM transformers can load (HF id, local folder, converted embedded model, tiny)."""
 
@@ -212,6 +231,7 @@ class TransformersEngine:
         from transformers import GenerationConfig
 
         row_sampler = _row_sampler_cls()
+        stop_on_text = _stop_on_text_cls()
         bs = max(1, int(self.config.batch_size))
         order = sorted(gens, key=lambda g: (g.max_new, g.stops, len(g.ids)))
         for (max_new, stops), group in groupby(order, key=lambda g: (g.max_new, g.stops)):
@@ -225,7 +245,7 @@ class TransformersEngine:
                                     device=self.device)
                 gc = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=self.eos_ids,
                                       pad_token_id=pad)
-                kwargs = {"stop_strings": list(stops), "tokenizer": self.tok} if stops else {}
+                kwargs = {"stopping_criteria": [stop_on_text(self.tok, stops, width)]} if stops else {}
                 with torch.no_grad():
                     out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc,
                                               logits_processor=[row_sampler(chunk)], **kwargs)

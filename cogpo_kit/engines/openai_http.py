@@ -207,6 +207,7 @@ class OpenAIEngine:
                                     attempt + 1, attempts - 1, delay)
                 if abort.wait(delay):
                     raise _Aborted()
+        abort.set()  # the server is gone: queued samples are not started
         raise EngineError(f"openai: server {url} failed {attempts} times for {where}; last status: {last}")
 
     # -- generation -----------------------------------------------------------------------

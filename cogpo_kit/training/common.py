@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -110,6 +111,26 @@ def load_model(path: str, *, bf16: bool = False):
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
 
+@contextmanager
+def _plain_loading():
+    """Load weights whole even while a DeepSpeed ZeRO-3 config is active (which would partition them)."""
+    try:
+        from transformers.integrations import deepspeed as hf_ds
+    except ImportError:
+        yield
+        return
+    ref = getattr(hf_ds, "_hf_deepspeed_config_weak_ref", None)
+    active = ref() if ref is not None else None
+    if active is None:
+        yield
+        return
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds.set_hf_deepspeed_config(active)
+
+
 def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         old = final.with_name(final.name + ".old")
@@ -142,8 +163,9 @@ def save_final_model(trainer, model_dir: str | Path, *, base_path: str, merge_lo
         adapter = model_dir.with_name(model_dir.name + ".adapter")
         trainer.save_model(str(adapter))
         if trainer.accelerator.is_main_process:
-            base = load_model(base_path, bf16=bf16)
-            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            with _plain_loading():
+                base = load_model(base_path, bf16=bf16)
+                merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
             merged.save_pretrained(str(tmp), safe_serialization=True)
             shutil.rmtree(adapter)
     if trainer.accelerator.is_main_process:

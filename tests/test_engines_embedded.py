@@ -1,0 +1,141 @@
+"""The embedded model through the CPU back ends: labels are always choices with sampling on, and more."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cogpo_kit.engines import build_engine
+from cogpo_kit.engines.base import ContextLengthError, Request
+from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("llama_cpp")
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = ("easy", "medium", "hard")
+CRITIC = (  # the paper's Critic prompt (Table 13)
+    "You are a highly capable evaluator.\nYour task is to assess the given reasoning process from the perspective "
+    "of a small language model (e.g., 7B).\nSpecifically, determine whether the reasoning process provides "
+    "sufficient detail for a small model to solve the problem, or whether it is too terse (i.e., lacking critical "
+    "details) or too complex (i.e., containing unnecessary or confusing steps).\nComplexity Definitions (from the "
+    "perspective of a small model):\n- Easy: The reasoning process is overly terse; it omits essential details "
+    "that a small model needs to solve the problem.\n- Medium: The reasoning process is appropriately balanced, "
+    "offering enough detailed guidance.\n- Hard: The reasoning process is overly complex, with extraneous or "
+    "convoluted steps that could hinder a small model to follow it.\nOutput Format:\nYou must output exactly one "
+    "word: easy, medium, or hard.")
+VERIFIER = ("You are a highly capable Verifier.\nYour task is to assess a given reasoning process based on a problem "
+            "and its correct answer.\nIf the reasoning process correctly guides you to derive the the correct answer, "
+            "output YES.\nIf the reasoning process fails to guide you to the correct answer, output NO.\nYou must "
+            "output exactly one word: YES or NO.")
+
+
+def gsm8k(k: int) -> list[dict]:
+    rows = []
+    with open(ROOT / "data" / "gsm8k" / "train.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            reasoning, answer = row["answer"].split("####")
+            rows.append({"problem": row["question"], "reasoning": reasoning.strip(), "answer": answer.strip()})
+            if len(rows) == k:
+                return rows
+    return rows
+
+
+def critic_requests(k: int, n: int, max_tokens: int = 4) -> list[Request]:
+    sp = SamplingConfig(temperature=0.7, top_p=0.9, top_k=50, max_tokens=max_tokens)
+    return [Request(messages=({"role": "system", "content": CRITIC},
+                              {"role": "user", "content": f"Problem: {r['problem']}\n\nReasoning process: "
+                                                          f"{r['reasoning']}"}),
+                    sampling=replace(sp, seed=i), n=n, choices=LEVELS, tag="critic")
+            for i, r in enumerate(gsm8k(k))]
+
+
+def verifier_requests(k: int, n: int) -> list[Request]:
+    sp = SamplingConfig(temperature=0.7, top_p=0.9, top_k=50, max_tokens=2)
+    return [Request(messages=({"role": "system", "content": VERIFIER},
+                              {"role": "user", "content": f"Problem: {r['problem']}\n\nCorrect answer: {r['answer']}"
+                                                          f"\n\nReasoning process: {r['reasoning']}"}),
+                    sampling=sp, n=n, choices=("YES", "NO"), tag="verifier") for r in gsm8k(k)]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    eng = build_engine(EngineConfig(engine="llamacpp", context_length=2048, batch_size=8),
+                       cache_path=str(tmp_path_factory.mktemp("cache") / "c.sqlite"))
+    eng.show_progress = False
+    yield eng
+    eng.close()
+
+
+def test_llamacpp_labels_always_choices_with_sampling(llama):
+    out = llama.generate(critic_requests(4, 6) + verifier_requests(2, 3))
+    critic = [c for row in out[:4] for c in row]
+    assert len(critic) == 24 and all(c.choice in LEVELS and c.text == c.choice for c in critic)
+    assert all(c.finish_reason == "stop" and 1 <= c.completion_tokens <= 4 for c in critic)
+    verdicts = [c.choice for row in out[4:] for c in row]
+    assert len(verdicts) == 6 and set(verdicts) <= {"YES", "NO"}
+    st = llama.stats_by_tag()
+    assert st["critic"]["misses"] == 24 and st["verifier"]["misses"] == 6
+    again = llama.generate(critic_requests(4, 7))  # one more vote each: 4 paid, 24 from the cache
+    assert sum(not c.cached for row in again for c in row) == 4
+    assert [c.choice for c in again[0][:6]] == [c.choice for c in out[0]]
+
+
+def test_llamacpp_free_text_stop_length_and_determinism(llama):
+    base = llama.backend
+    msgs = ({"role": "user", "content": "List five colours, one per line."},)
+    sp = SamplingConfig(temperature=0.8, max_tokens=24, seed=3)
+    reqs = [Request(messages=msgs, sampling=sp, n=3), Request(messages=msgs, sampling=replace(sp, max_tokens=3))]
+    a = base.generate(reqs)
+    b = base.generate(reqs)
+    assert [c.text for r in a for c in r] == [c.text for r in b for c in r]  # same batch, same samples
+    assert len({c.text for c in a[0]}) > 1
+    assert a[1][0].finish_reason == "length" and a[1][0].completion_tokens == 3
+    stop = base.generate([Request(messages=msgs, sampling=replace(sp, stop=("\n",)))])[0][0]
+    assert "\n" not in stop.text and stop.finish_reason == "stop"
+
+
+def test_llamacpp_thinking_then_constrained_label(llama):
+    eng = llama.backend
+    old = eng.config
+    eng.config = replace(old, thinking_end=":", max_thinking_tokens=16)
+    try:
+        reqs = critic_requests(2, 3)
+        out = eng.generate([replace(r, messages=r.messages[:1] + ({"role": "user", "content": "Think briefly, "
+                            "then write 'Answer:' and one word. " + r.messages[1]["content"]},)) for r in reqs])
+    finally:
+        eng.config = old
+    for c in (c for row in out for c in row):
+        assert c.choice in LEVELS and c.text.endswith(":" + c.choice)
+        assert c.completion_tokens > len(c.choice) // 4
+
+
+def test_llamacpp_context_errors_and_left_truncation(tmp_path):
+    cfg = EngineConfig(engine="llamacpp", context_length=256, batch_size=2)
+    eng = build_engine(cfg, cache_path=str(tmp_path / "c.sqlite"))
+    long = Request(messages=({"role": "user", "content": "apple " * 400},), tag="rethinker")
+    with pytest.raises(ContextLengthError, match=r"llamacpp: request #1 tag 'rethinker'.*context holds 256"):
+        eng.generate([Request(messages=({"role": "user", "content": "hi"},)), long])
+    eng.close()
+    left = build_engine(replace(cfg, truncation="left"), cache_path=str(tmp_path / "c.sqlite"))
+    c = left.generate([replace(long, sampling=SamplingConfig(max_tokens=8))])[0][0]
+    assert c.prompt_tokens == 248 and left.backend.prompt_truncations == {"rethinker": 1}
+    left.close()
+
+
+@pytest.mark.skipif(not pytest.importorskip("torch"), reason="torch")
+def test_transformers_labels_always_choices_with_sampling(tmp_path):
+    eng = build_engine(EngineConfig(engine="transformers", device="cpu", batch_size=6, context_length=2048),
+                       cache_path=str(tmp_path / "c.sqlite"))
+    out = eng.generate(critic_requests(3, 5, max_tokens=2) + verifier_requests(1, 4))
+    labels = [c for row in out[:3] for c in row]
+    assert len(labels) == 15 and all(c.choice in LEVELS and c.text == c.choice for c in labels)
+    assert {c.choice for c in out[3]} <= {"YES", "NO"}
+    free = eng.generate([Request(messages=({"role": "user", "content": "Say hello."},),
+                                 sampling=SamplingConfig(temperature=0.0, max_tokens=8))])[0][0]
+    assert free.text.strip() and free.completion_tokens <= 8
+    eng.close()
