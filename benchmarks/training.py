@@ -10,8 +10,10 @@ trainer is not inherited by the next), on the same model, pairs, batch and seed:
 - ``cogpo``: ``CogPOTrainer`` with per-pair betas (0.1 / 0.2 / 0.5 by gap), otherwise identical;
 - ``cogpo_precompute``: ``CogPOTrainer`` with ``precompute_ref_log_probs`` (no reference model kept).
 
-Step time is the median wall time of the optimizer steps after the warm-up steps; peak memory is the
-process's maximum resident set size (``resource.getrusage``). Runs alternate DPO and CogPO over several
+Step time is the median over the optimizer steps after the warm-up steps, as CPU time of the process
+(``time.process_time``: what the step computed, little moved by other programs on a shared machine;
+the ratio is taken on it) and as wall time; peak memory is the process's maximum resident set size
+(``resource.getrusage``). Runs alternate DPO and CogPO over several
 rounds and report medians, so load on a shared machine hits both alike. The pairs are synthetic
 arithmetic problems with reasoning of a few hundred tokens (deterministic, seed 0).
 """
@@ -87,20 +89,22 @@ def child(args) -> dict:
         trainer = CogPOTrainer(model=model, args=CogPOConfig(**common), train_dataset=ds, processing_class=tok)
     setup_s = time.perf_counter() - t0
     rss_setup = _rss_now_kb()
-    marks: list[float] = []
+    marks: list[tuple[float, float]] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
-            marks.append(time.perf_counter())
+            marks.append((time.perf_counter(), time.process_time()))
 
         def on_step_end(self, a, state, control, **kw):
-            marks.append(time.perf_counter())
+            marks.append((time.perf_counter(), time.process_time()))
 
     trainer.add_callback(Timer())
     trainer.train()
-    durations = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)][args.warmup:]
-    return {"method": args.method, "model": args.model, "steps": len(durations),
-            "step_s": statistics.median(durations), "step_s_all": durations, "setup_s": setup_s,
+    pairs = [(marks[i + 1][0] - marks[i][0], marks[i + 1][1] - marks[i][1]) for i in range(0, len(marks) - 1, 2)]
+    pairs = pairs[args.warmup:]
+    return {"method": args.method, "model": args.model, "steps": len(pairs),
+            "step_s": statistics.median(w for w, _ in pairs), "step_cpu_s": statistics.median(c for _, c in pairs),
+            "step_s_all": [w for w, _ in pairs], "setup_s": setup_s,
             "rss_setup_mb": rss_setup / 1024, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "ref_model_in_memory": trainer.ref_model is not None,
             "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6}
@@ -124,7 +128,8 @@ def run_child(method: str, model: str, opts) -> dict:
         raise RuntimeError(f"{method} failed:\n{res.stderr[-4000:]}")
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1]
     out = json.loads(line)
-    print(f"  {method:18s} {model:50s} step {out['step_s']:.3f} s  peak RSS {out['peak_rss_mb']:.0f} MB", flush=True)
+    print(f"  {method:18s} {model:50s} step {out['step_cpu_s']:.3f} s CPU, {out['step_s']:.3f} s wall, "
+          f"peak RSS {out['peak_rss_mb']:.0f} MB", flush=True)
     return out
 
 
@@ -162,7 +167,8 @@ def main(argv=None) -> int:
     def med(m, key):
         return statistics.median(r[key] for r in runs[m])
 
-    step_ratio = med("cogpo", "step_s") / med("dpo", "step_s")
+    step_ratio = med("cogpo", "step_cpu_s") / med("dpo", "step_cpu_s")
+    wall_ratio = med("cogpo", "step_s") / med("dpo", "step_s")
     mem_ratio = med("cogpo", "peak_rss_mb") / med("dpo", "peak_rss_mb")
     pre_ratio = mem["cogpo_precompute"]["peak_rss_mb"] / mem["cogpo"]["peak_rss_mb"]
     import torch
@@ -183,27 +189,27 @@ def main(argv=None) -> int:
         "",
         f"## CogPO vs DPO on `{opts.model}` ({runs['dpo'][0]['params_m']:.1f} M parameters), medians of {opts.rounds} runs each",
         "",
-        "| trainer | step time (s) | peak RSS (MB) | runs: step time (s) |",
-        "| --- | --- | --- | --- |",
+        "| trainer | step CPU time (s) | step wall time (s) | peak RSS (MB) | runs: step CPU time (s) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for m, label in (("dpo", "TRL `DPOTrainer` (beta 0.1)"), ("cogpo", "`CogPOTrainer` (per-pair beta)")):
-        lines.append(f"| {label} | {med(m, 'step_s'):.3f} | {med(m, 'peak_rss_mb'):.0f} | "
-                     + ", ".join(f"{r['step_s']:.3f}" for r in runs[m]) + " |")
+        lines.append(f"| {label} | {med(m, 'step_cpu_s'):.3f} | {med(m, 'step_s'):.3f} | {med(m, 'peak_rss_mb'):.0f} | "
+                     + ", ".join(f"{r['step_cpu_s']:.3f}" for r in runs[m]) + " |")
     lines += [
         "",
-        f"**Ratios CogPO / DPO: step time {step_ratio:.3f}, peak memory {mem_ratio:.3f}** "
+        f"**Ratios CogPO / DPO: step time {step_ratio:.3f} (CPU; wall {wall_ratio:.3f}), peak memory {mem_ratio:.3f}** "
         f"(target: both ≤ 1.05 — {'met' if step_ratio <= 1.05 and mem_ratio <= 1.05 else 'NOT met'}).",
         "",
         f"## Precomputed reference log-probs on `{opts.memory_model}` "
         f"({mem['cogpo']['params_m']:.1f} M parameters)",
         "",
-        "| CogPO | reference model in memory | peak RSS (MB) | RSS after setup (MB) | step time (s) | setup (s) |",
+        "| CogPO | reference model in memory | peak RSS (MB) | RSS after setup (MB) | step CPU time (s) | setup (s) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for m, label in (("cogpo", "reference forward each step"), ("cogpo_precompute", "precomputed once")):
         r = mem[m]
         lines.append(f"| {label} | {'yes' if r['ref_model_in_memory'] else 'no'} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['rss_setup_mb']:.0f} | {r['step_s']:.3f} | {r['setup_s']:.1f} |")
+                     f"{r['rss_setup_mb']:.0f} | {r['step_cpu_s']:.3f} | {r['setup_s']:.1f} |")
     lines += ["", f"**Peak memory with / without precomputing: {pre_ratio:.3f}** "
               f"(saves {mem['cogpo']['peak_rss_mb'] - mem['cogpo_precompute']['peak_rss_mb']:.0f} MB; the setup "
               "time includes the one extra pass over the pairs).", ""]

@@ -179,12 +179,13 @@ def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str | No
                     samples.append({"id": f"{bench}-{q}", "prompt": f"Compute {q} + 1 & report.", "output": out,
                                     "extracted": gold if ok else str(q + 7), "gold": gold, "correct": ok})
                 atomic_write_jsonl(st.path / m / f"samples_{bench}.jsonl", samples)
-                acc = sum(s["correct"] for s in samples) / len(samples)
-                metrics = {"pass@1": acc, "ci95": [max(0.0, acc - 0.25), min(1.0, acc + 0.25)], "n": len(samples)}
+                acc = 100.0 * sum(s["correct"] for s in samples) / len(samples)
+                metrics = {"score": acc, "ci_low": max(0.0, acc - 25), "ci_high": min(100.0, acc + 25), "n": len(samples)}
                 results["benchmarks"][bench] = metrics
-                comparison.append({"model": m, "benchmark": bench, **metrics})
+                scale = {"beta_scale": float(m[len("cogpo_x"):])} if m.startswith("cogpo_x") else {}
+                comparison.append({"model": m, "benchmark": bench, **metrics, **scale})
             atomic_write_json(st.path / m / "results.json", results)
-        atomic_write_json(st.path / "comparison.json", comparison)
+        atomic_write_json(st.path / "comparison.json", {"rows": comparison, "paired": []})
         st.counts.update({"models": len(models)})
         st.finish()
     return yaml_path

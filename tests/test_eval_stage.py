@@ -80,7 +80,7 @@ def _params(tmp_path, *overrides):
     return load_params([ROOT / "params" / "smoke.yaml"], [
         f"run.output_dir={tmp_path / 'outputs'}", "run.run_id=evaltest", f"eval.benchmarks={BENCHES}",
         f"eval.limit={LIMIT}", "eval.models=[zero_shot, sft, cogpo, my-org/other-model]", "eval.bootstrap=100",
-        "eval.code_timeout_s=5", *overrides])
+        "eval.code_timeout_s=5", "eval.grader_workers=1", *overrides])
 
 
 def test_resolution_of_model_names(tmp_path):

@@ -34,7 +34,7 @@ CHOICE = [c for c in CASES if c["kind"] == "choice"]
 
 @pytest.fixture(scope="module")
 def grader():
-    g = MathGrader(timeout_s=2.0, grace_s=1.0)
+    g = MathGrader(timeout_s=2.0, grace_s=1.0, workers=2)
     yield g
     g.close()
 
@@ -199,22 +199,20 @@ def test_hard_timeout_kills_a_stuck_worker_and_restarts():
         assert g.restarts == 1 and g.worker_pids and g.worker_pids[0] != pid
 
 
-def test_grading_from_threads():
+def test_grading_from_threads(grader):
     out = []
-    with MathGrader(timeout_s=2.0, workers=2) as g:
-        threads = [threading.Thread(target=lambda i=i: out.append(g.check(f"\\boxed{{{i}}}", str(i)).correct))
-                   for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+    threads = [threading.Thread(target=lambda i=i: out.append(grader.check(f"\\boxed{{{i}}}", str(i)).correct))
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
     assert out == [True] * 6
 
 
-def test_check_many_keeps_order_across_workers():
+def test_check_many_keeps_order_across_workers(grader):
     pairs = [(f"The answer is {i}.", str(i if i % 3 else i + 1)) for i in range(150)]
-    with MathGrader(timeout_s=2.0, workers=2) as g:
-        res = g.check_many(pairs, chunk=16)
+    res = grader.check_many(pairs, chunk=16)
     assert [r.correct for r in res] == [bool(i % 3) for i in range(150)]
 
 

@@ -35,16 +35,16 @@ def test_missing_required_field_names_file_line_and_field(tmp_path):
 
 
 def test_bad_verdict_in_samples(tmp_path):
-    atomic_write_json(tmp_path / "06_evaluate/m/results.json", {"gsm8k": {"pass@1": 0.5}})
+    atomic_write_json(tmp_path / "06_evaluate/m/results.json", {"benchmarks": {"gsm8k": {"score": 50.0}}})
     atomic_write_jsonl(tmp_path / "06_evaluate/m/samples_gsm8k.jsonl", [{"output": "x", "correct": "maybe"}])
     with pytest.raises(DataError, match="line 1.*field 'correct'"):
         Run(tmp_path).samples()
 
 
 @pytest.mark.parametrize("comparison", [
-    [{"model": "cogpo", "benchmark": "gsm8k", "pass@1": 0.5, "ci95": [0.25, 0.75], "n": 8}],
-    {"rows": [{"model": "cogpo", "benchmark": "gsm8k", "accuracy": 50.0, "ci_low": 25.0, "ci_high": 75.0, "n": 8}]},
-    {"cogpo": {"gsm8k": {"pass@1": 0.5, "ci": [0.25, 0.75], "n": 8}}},
+    {"rows": [{"model": "cogpo", "benchmark": "gsm8k", "score": 50.0, "ci_low": 25.0, "ci_high": 75.0, "n": 8}],
+     "paired": []},
+    [{"model": "cogpo", "benchmark": "gsm8k", "pass@1": 50, "ci95": [25, 75], "n": 8}],
 ])
 def test_comparison_formats(tmp_path, comparison):
     atomic_write_json(tmp_path / "06_evaluate/comparison.json", comparison)
@@ -53,24 +53,34 @@ def test_comparison_formats(tmp_path, comparison):
         ("cogpo", "gsm8k", 50.0, 25.0, 75.0, 8)
 
 
+def test_scores_are_percent_even_when_small(tmp_path):
+    atomic_write_json(tmp_path / "06_evaluate/comparison.json",
+                      {"rows": [{"model": "m", "benchmark": "b", "score": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n": 200}]})
+    assert Run(tmp_path).results()[0]["score"] == 0.5
+
+
 def test_results_json_per_model_without_comparison(tmp_path):
     atomic_write_json(tmp_path / "06_evaluate/zero_shot/results.json",
-                      {"model": "zero_shot", "benchmarks": {"math500": {"pass@1": 0.2, "n": 5}}})
-    atomic_write_json(tmp_path / "06_evaluate/cogpo/results.json", {"math500": {"pass_at_k": {"1": 0.4}}})
+                      {"model": "zero_shot", "benchmarks": {"math500": {"score": 20.0, "n": 5}}})
+    atomic_write_json(tmp_path / "06_evaluate/cogpo/results.json", {"benchmarks": {"math500": {"score": 40.0}}})
     df = tables.results(Run(tmp_path))
     assert list(df.columns) == ["Zero-shot", "CogPO"] and df.loc["MATH-500"].tolist() == [20.0, 40.0]
 
 
 def test_results_without_score_is_an_error(tmp_path):
-    atomic_write_json(tmp_path / "06_evaluate/comparison.json", [{"model": "m", "benchmark": "b", "n": 3}])
+    atomic_write_json(tmp_path / "06_evaluate/comparison.json", {"rows": [{"model": "m", "benchmark": "b", "n": 3}]})
     with pytest.raises(DataError, match="no score for benchmark 'b'"):
+        Run(tmp_path).results()
+    atomic_write_json(tmp_path / "06_evaluate/m/results.json", {"model": "m", "gsm8k": {"score": 1}})
+    (tmp_path / "06_evaluate/comparison.json").unlink()
+    with pytest.raises(DataError, match="field 'benchmarks'"):
         Run(tmp_path).results()
 
 
 def test_beta_sweep_models(tmp_path):
-    rows = [{"model": m, "benchmark": "gsm8k", "pass@1": s} for m, s in
-            (("cogpo", 0.5), ("cogpo_beta0.5", 0.4), ("cogpo_beta2", 0.3), ("dpo", 0.45))]
-    atomic_write_json(tmp_path / "06_evaluate/comparison.json", rows)
+    rows = [{"model": m, "benchmark": "gsm8k", "score": s} for m, s in
+            (("cogpo", 50), ("cogpo_x0.5", 40), ("cogpo_x2", 30), ("dpo", 45))]
+    atomic_write_json(tmp_path / "06_evaluate/comparison.json", {"rows": rows})
     run = Run(tmp_path)
     assert sorted(r["scale"] for r in run.beta_sweep()) == [0.5, 2.0]
     assert list(tables.results(run).columns) == ["DPO", "CogPO"]  # the sweep is its own figure
@@ -113,3 +123,12 @@ def test_bad_json_line_is_named(tmp_path):
     path.write_text(json.dumps({"id": "a", "text": "t"}) + "\n{oops\n", encoding="utf-8")
     with pytest.raises(DataError, match="line 2"):
         Run(tmp_path).rewrites()
+
+
+def test_agents_table_flat_and_per_tag(tmp_path):
+    atomic_write_json(tmp_path / "01_critique/manifest.json", {"agents": {"critic": {"samples": 8, "cached": 2}}})
+    atomic_write_json(tmp_path / "06_evaluate/manifest.json",
+                      {"agents": {"eval:sft": {"eval:gsm8k": {"calls": 3, "prompt_tokens": 335}}}})
+    df = tables.agents(Run(tmp_path))
+    assert df["agent"].tolist() == ["critic", "eval:sft (eval:gsm8k)"]
+    assert df["samples"].tolist()[0] == 8 and df["calls"].tolist()[1] == 3

@@ -92,7 +92,7 @@ def test_skips_matching_stages_and_redoes_what_changed(tmp_path, fake_stages, ca
 def test_stage_that_recorded_other_params_is_compared_by_hash(tmp_path):
     params = load_params([_params_file(tmp_path)])
     tree = params_dict(params)
-    open_stage(run_dir(params), "04_sft", {"whatever": 1}).finish()
+    open_stage(run_dir(params), "04_sft", {"eval": tree["eval"]}).finish()  # nothing SFT depends on
     assert check_stage(run_dir(params), "04_sft", tree).reason == "parameters changed (params_hash differs)"
     open_stage(run_dir(params), "04_sft", tree).finish()  # the whole parameter set
     assert check_stage(run_dir(params), "04_sft", tree).fresh
@@ -150,3 +150,27 @@ def test_failing_notebook_names_notebook_and_cell(tmp_path):
     code = [c for c in executed.cells if c.cell_type == "code"]
     assert "injected-parameters" in code[1].metadata.tags and "x = 2" in code[1].source
     assert [o.get("ename") for o in code[3].outputs] == ["ValueError"] and code[4].execution_count is None
+
+
+def test_stage_keys_of_its_own_are_compared(tmp_path):
+    params = load_params([_params_file(tmp_path)])
+    tree = params_dict(params)
+    run = run_dir(params)
+    open_stage(run, "03_pairs", {"pairs": tree["pairs"], "sft_model": params.sft.model}).finish()
+    assert check_stage(run, "03_pairs", tree).fresh
+    changed = params_dict(load_params([_params_file(tmp_path)], ["sft.model=tiny:llama"]))
+    assert check_stage(run, "03_pairs", changed).reason == "parameter 'sft.model' changed"
+    open_stage(run, "04_sft", {"sft": tree["sft"], "gone_key": 1}).finish()
+    assert check_stage(run, "04_sft", tree).reason == "recorded parameter 'gone_key' names no current parameter"
+
+
+def test_parameters_added_since_are_not_compared(tmp_path):
+    params = load_params([_params_file(tmp_path)])
+    tree = params_dict(params)
+    old = params_dict(params)
+    del old["crv"]["critic"]["engine"]["max_retries"]  # as if the kit had no such parameter then
+    open_stage(run_dir(params), "01_critique", old).finish()
+    assert check_stage(run_dir(params), "01_critique", tree).fresh
+    old["crv"]["critic"]["engine"]["retired_option"] = 1  # a parameter the kit no longer has
+    open_stage(run_dir(params), "01_critique", old).finish()
+    assert check_stage(run_dir(params), "01_critique", tree).reason == "parameter 'crv.critic' changed"

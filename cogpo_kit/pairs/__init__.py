@@ -1,1 +1,1 @@
-"""pairs."""
+"""CogPO preference pairs (stage ``03_pairs``): inputs, pair rules, response format, lengths, file schema."""

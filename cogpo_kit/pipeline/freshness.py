@@ -4,10 +4,13 @@ A stage's manifest **matches** (and ``cogpo-kit run`` skips the stage unless ``-
 
 1. ``<run>/<NN_stage>/manifest.json`` exists (it is written last, so the stage finished);
 2. **parameters**: for every parameter path the stage depends on (:data:`STAGE_PARAMS`, e.g.
-   ``crv.critic`` for the critique), the value recorded in the manifest's ``params`` equals the
-   current value (secrets compared as redacted). Paths the stage did not record are not compared;
-   if it recorded none of them, its ``params_hash`` must equal the hash of the current
-   :func:`stage_params` or of the whole parameter set;
+   ``crv.critic`` for the critique) that its manifest's ``params`` holds, the recorded value equals
+   the current one (secrets compared as redacted); so does every other top-level key the stage
+   recorded under a name of its own (``sft_model`` is ``sft.model``; ``prompt_template`` is the one
+   parameter of that name), and a recorded key that names no current parameter does not match.
+   If none of this compares anything, ``params_hash`` must equal the hash of the current
+   :func:`stage_params` or of the whole parameter set. A parameter the kit gained after the stage
+   ran (absent from the manifest) is not compared: new parameters default to the old behaviour;
 3. **inputs**: every input file recorded in ``inputs`` still exists with the same SHA-256
    (a recorded folder must still exist);
 4. **upstream**: the manifest is newer than the manifests of the stages it reads
@@ -69,9 +72,32 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
+def _leaves(tree: Any, prefix: str = "") -> list[str]:
+    if not isinstance(tree, dict):
+        return [prefix]
+    return [p for k, v in tree.items() for p in _leaves(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def resolve_key(tree: dict, key: str) -> str | None:
+    """The parameter path a stage's own top-level key stands for (``sft_model`` -> ``sft.model``)."""
+    if "_" in key:
+        dotted = key.replace("_", ".", 1)
+        if _get(tree, dotted) is not _MISSING:
+            return dotted
+    named = [p for p in _leaves(tree) if p.rsplit(".", 1)[-1] == key]
+    return named[0] if len(named) == 1 else None
+
+
 def _plain(obj: Any) -> Any:
     """JSON round trip: tuples become lists, as they are in a manifest."""
     return json.loads(json.dumps(obj, default=str))
+
+
+def _matches(old: Any, new: Any) -> bool:
+    """Recorded ``old`` equals current ``new``; keys only ``new`` has (parameters added since) are ignored."""
+    if isinstance(old, dict):
+        return isinstance(new, dict) and all(k in new and _matches(v, new[k]) for k, v in old.items())
+    return old == new
 
 
 def stage_params(params_tree: dict, stage: str) -> dict:
@@ -101,14 +127,21 @@ def check_stage(run_path: str | os.PathLike, stage: str, params_tree: dict) -> F
         return Freshness(False, "not run yet")
     recorded = manifest.get("params") or {}
     current = _plain(scrub_secrets(params_tree))
+    checks = [(path, path) for path in STAGE_PARAMS[name]]
+    for key in recorded if isinstance(recorded, dict) else ():
+        if key not in current:  # a name of the stage's own
+            path = resolve_key(current, key)
+            if path is None:
+                return Freshness(False, f"recorded parameter '{key}' names no current parameter")
+            checks.append((key, path))
     compared = 0
-    for path in STAGE_PARAMS[name]:
-        old = _get(recorded, path)
+    for rec_path, path in checks:
+        old = _get(recorded, rec_path)
         if old is _MISSING:
             continue
         compared += 1
         new = _get(current, path)
-        if new is _MISSING or _plain(old) != new:
+        if new is _MISSING or not _matches(_plain(old), new):
             return Freshness(False, f"parameter '{path}' changed")
     if compared == 0:
         hashes = {stable_hash(stage_params(params_tree, name)), stable_hash(params_tree)}

@@ -80,8 +80,8 @@ METRIC_LOSS = ("loss", "train_loss")
 MARGIN_KEY = re.compile(r"^(?:(?P<gap>[a-z]+)_gap/)?rewards/margins(?:/(?P<gap2>[a-z]+))?$")
 """Reward margins: ``rewards/margins`` (all pairs), ``<gap>_gap/rewards/margins`` or ``rewards/margins/<gap>``."""
 
-# Evaluation results: per-benchmark metrics dict spellings.
-SCORE_KEYS = ("pass@1", "pass_at_1", "accuracy", "acc", "score")
+# Evaluation results: per-benchmark metrics dict spellings (scores and intervals in percent).
+SCORE_KEYS = ("score", "pass@1")
 CI_KEYS = ("ci95", "ci", "ci_95")
 CI_LOW_KEYS = ("ci_low", "ci_lo", "low")
 CI_HIGH_KEYS = ("ci_high", "ci_hi", "high")
@@ -298,25 +298,27 @@ class Run:
         """Rows ``{model, benchmark, score (%), ci_low, ci_high, n}``: ``comparison.json`` when there is
         one, else every model's ``results.json``."""
         def load():
-            from cogpo_kit.viz.results import parse_comparison, parse_results, scale_percent
+            from cogpo_kit.viz.results import parse_comparison, parse_results
 
             comp = self.path / EVAL_DIR / COMPARISON_FILE
             if comp.exists():
-                return scale_percent(parse_comparison(read_json(comp), comp))
+                return parse_comparison(read_json(comp), comp)
             rows: list[dict] = []
             for model in self.eval_models():
                 f = self.path / EVAL_DIR / model / RESULTS_FILE
                 if f.exists():
                     rows.extend(parse_results(model, read_json(f), f))
-            return scale_percent(rows)
+            return rows
         return self._cached("results", load)
 
     def samples(self) -> list[dict]:
-        """Every evaluation sample with its ``model`` and ``benchmark``."""
+        """Every evaluation sample with its ``model`` (as named in ``results.json``) and ``benchmark``."""
         def load():
             out: list[dict] = []
-            for model in self.eval_models():
-                for f in sorted((self.path / EVAL_DIR / model).glob("samples_*.jsonl")):
+            for folder in self.eval_models():
+                res = self.path / EVAL_DIR / folder / RESULTS_FILE
+                model = str((read_json(res) if res.exists() else {}).get("model") or folder)
+                for f in sorted((self.path / EVAL_DIR / folder).glob("samples_*.jsonl")):
                     bench = SAMPLES_PATTERN.match(f.name).group("bench")
                     for row in read_rows("samples", f):
                         row["model"], row["benchmark"] = model, bench

@@ -33,7 +33,7 @@ def notes_markdown(run: Run, stage: str) -> str:
     notes = all_notes(run)[stage_dir_name(stage)]
     if not notes:
         return "**Notes:** none."
-    return "**Notes:**\n\n" + "\n".join(f"- {html.escape(n)}" for n in notes)
+    return "**Notes:**\n\n" + "\n".join(f"- {html.escape(n, quote=False)}" for n in notes)
 
 
 def stage_markdown(run: Run, stage: str) -> str:
@@ -69,7 +69,7 @@ def show_all_notes(run: Any) -> None:
 
     run = as_run(run)
     notes = all_notes(run)
-    lines = [f"- **{stage}**: {html.escape(n)}" for stage, ns in notes.items() for n in ns]
+    lines = [f"- **{stage}**: {html.escape(n, quote=False)}" for stage, ns in notes.items() for n in ns]
     display(Markdown("### Notes\n\n" + ("\n".join(lines) if lines else "none")))
 
 

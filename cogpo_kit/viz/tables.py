@@ -44,13 +44,20 @@ def stage_counts(run: Run, stage: str) -> pd.DataFrame:
 
 
 def agents(run: Run, stage: str | None = None) -> pd.DataFrame:
-    """LLM calls, cache hits and tokens per agent (of one stage, or of every stage)."""
+    """LLM calls, cache hits and tokens per agent (of one stage, or of every stage); an agent whose stats
+    are kept per request tag gets one row per tag."""
     rows = []
     for st in ([stage] if stage else STAGES):
         for agent, stats in ((run.manifest(st) or {}).get("agents") or {}).items():
-            if isinstance(stats, dict):
-                rows.append({"stage": st, "agent": agent,
-                             **{k: v for k, v in stats.items() if isinstance(v, (int, float))}})
+            if not isinstance(stats, dict):
+                continue
+            flat = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if flat:
+                rows.append({"stage": st, "agent": agent, **flat})
+            for tag, sub in stats.items():
+                if isinstance(sub, dict):
+                    rows.append({"stage": st, "agent": f"{agent} ({tag})",
+                                 **{k: v for k, v in sub.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["stage", "agent", "calls"])
 
 
