@@ -72,24 +72,24 @@ def llama(tmp_path_factory):
 
 
 def test_llamacpp_labels_always_choices_with_sampling(llama):
-    out = llama.generate(critic_requests(4, 6) + verifier_requests(2, 3))
-    critic = [c for row in out[:4] for c in row]
-    assert len(critic) == 24 and all(c.choice in LEVELS and c.text == c.choice for c in critic)
+    out = llama.generate(critic_requests(3, 4) + verifier_requests(1, 3))
+    critic = [c for row in out[:3] for c in row]
+    assert len(critic) == 12 and all(c.choice in LEVELS and c.text == c.choice for c in critic)
     assert all(c.finish_reason == "stop" and 1 <= c.completion_tokens <= 4 for c in critic)
-    verdicts = [c.choice for row in out[4:] for c in row]
-    assert len(verdicts) == 6 and set(verdicts) <= {"YES", "NO"}
+    verdicts = [c.choice for row in out[3:] for c in row]
+    assert len(verdicts) == 3 and set(verdicts) <= {"YES", "NO"}
     st = llama.stats_by_tag()
-    assert st["critic"]["misses"] == 24 and st["verifier"]["misses"] == 6
-    again = llama.generate(critic_requests(4, 7))  # one more vote each: 4 paid, 24 from the cache
-    assert sum(not c.cached for row in again for c in row) == 4
-    assert [c.choice for c in again[0][:6]] == [c.choice for c in out[0]]
+    assert st["critic"]["misses"] == 12 and st["verifier"]["misses"] == 3
+    again = llama.generate(critic_requests(3, 5))  # one more vote each: 3 paid, 12 from the cache
+    assert sum(not c.cached for row in again for c in row) == 3
+    assert [c.choice for c in again[0][:4]] == [c.choice for c in out[0]]
 
 
 def test_llamacpp_free_text_stop_length_and_determinism(llama):
     base = llama.backend
     msgs = ({"role": "user", "content": "List five colours, one per line."},)
-    sp = SamplingConfig(temperature=0.8, max_tokens=24, seed=3)
-    reqs = [Request(messages=msgs, sampling=sp, n=3), Request(messages=msgs, sampling=replace(sp, max_tokens=3))]
+    sp = SamplingConfig(temperature=0.8, max_tokens=12, seed=3)
+    reqs = [Request(messages=msgs, sampling=sp, n=2), Request(messages=msgs, sampling=replace(sp, max_tokens=3))]
     a = base.generate(reqs)
     b = base.generate(reqs)
     assert [c.text for r in a for c in r] == [c.text for r in b for c in r]  # same batch, same samples
@@ -102,11 +102,12 @@ def test_llamacpp_free_text_stop_length_and_determinism(llama):
 def test_llamacpp_thinking_then_constrained_label(llama):
     eng = llama.backend
     old = eng.config
-    eng.config = replace(old, thinking_end=":", max_thinking_tokens=16)
+    eng.config = replace(old, thinking_end=":", max_thinking_tokens=12)
     try:
-        reqs = critic_requests(2, 3)
-        out = eng.generate([replace(r, messages=r.messages[:1] + ({"role": "user", "content": "Think briefly, "
-                            "then write 'Answer:' and one word. " + r.messages[1]["content"]},)) for r in reqs])
+        msgs = ({"role": "user", "content": "Is 17 + 25 = 42 easy, medium or hard for a child? Think briefly, "
+                                            "then write 'Answer:' and one word."},)
+        out = eng.generate([Request(messages=msgs, n=2, choices=LEVELS,
+                                    sampling=SamplingConfig(temperature=0.7, max_tokens=4))])
     finally:
         eng.config = old
     for c in (c for row in out for c in row):
@@ -127,14 +128,14 @@ def test_llamacpp_context_errors_and_left_truncation(tmp_path):
     left.close()
 
 
-@pytest.mark.skipif(not pytest.importorskip("torch"), reason="torch")
 def test_transformers_labels_always_choices_with_sampling(tmp_path):
+    pytest.importorskip("torch")
     eng = build_engine(EngineConfig(engine="transformers", device="cpu", batch_size=6, context_length=2048),
                        cache_path=str(tmp_path / "c.sqlite"))
-    out = eng.generate(critic_requests(3, 5, max_tokens=2) + verifier_requests(1, 4))
-    labels = [c for row in out[:3] for c in row]
-    assert len(labels) == 15 and all(c.choice in LEVELS and c.text == c.choice for c in labels)
-    assert {c.choice for c in out[3]} <= {"YES", "NO"}
+    out = eng.generate(critic_requests(2, 4, max_tokens=2) + verifier_requests(1, 3))
+    labels = [c for row in out[:2] for c in row]
+    assert len(labels) == 8 and all(c.choice in LEVELS and c.text == c.choice for c in labels)
+    assert len(out[2]) == 3 and {c.choice for c in out[2]} <= {"YES", "NO"}
     free = eng.generate([Request(messages=({"role": "user", "content": "Say hello."},),
                                  sampling=SamplingConfig(temperature=0.0, max_tokens=8))])[0][0]
     assert free.text.strip() and free.completion_tokens <= 8

@@ -130,6 +130,7 @@ def _stages_missing() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the stages' own work: ~11 min measured on 2 busy cores
 def test_smoke_pipeline_through_papermill(tmp_path):
     if not SMOKE.exists():
         pytest.skip(f"{SMOKE} does not exist yet")

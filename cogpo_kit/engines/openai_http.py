@@ -24,7 +24,7 @@ import random
 import re
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Optional, Sequence
 
 from cogpo_kit.engines.base import Completion, ContextLengthError, EngineError, Request
@@ -251,7 +251,7 @@ class OpenAIEngine:
             pending = set(futures)
             first_error: Optional[BaseException] = None
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     i, j = futures[fut]
                     exc = fut.exception()

@@ -1,1 +1,11 @@
-"""evaluation."""
+"""Evaluation: benchmarks, graders, a code sandbox, metrics with intervals, stage 06, contamination.
+
+- :mod:`benchmarks` / :mod:`benchmark_loaders` — the registry and the loaders of ``data/<name>/``;
+- :mod:`grading` — ``grade(prediction, gold, kind)``, ``extract_answer``, the time-limited
+  :class:`~cogpo_kit.evaluation.grading.MathGrader` (worker processes: :mod:`grader_pool`,
+  :mod:`grader_worker`); the math path is :mod:`answer_extraction` -> :mod:`math_normalize` ->
+  :mod:`math_equivalence` (math-verify underneath); letters: :mod:`choice`;
+- :mod:`sandbox` and :mod:`code_tests` — running programs contained, per-test verdicts;
+- :mod:`metrics`, :mod:`scoring`, :mod:`comparison` — pass@k, bootstrap intervals, paired tests;
+- :mod:`stage` — ``run_evaluate(params)``; :mod:`contamination` — n-gram overlap check.
+"""

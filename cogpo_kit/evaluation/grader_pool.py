@@ -113,8 +113,11 @@ class WorkerProc:
         line, self.buf = self.buf.split(b"\n", 1)
         return line
 
-    def run_batch(self, items: Sequence[tuple[str, str]], soft_s: float, grace_s: float) -> list[dict]:
-        """Verdict dicts (``correct``, ``pred``, ``gold``, ``method``, ``timed_out``, ``seconds``), in order."""
+    def run_batch(self, items: Sequence[tuple[str, str]], soft_s: float, hard_s: float) -> list[dict]:
+        """Verdict dicts (``correct``, ``pred``, ``gold``, ``method``, ``timed_out``, ``seconds``), in order.
+
+        ``soft_s``: CPU seconds the worker gives one check; ``hard_s``: wall seconds after which a
+        worker that has not answered is killed."""
         results: list[Optional[dict]] = [None] * len(items)
         pending = deque(range(len(items)))
         while pending:
@@ -141,7 +144,7 @@ class WorkerProc:
                     in_flight.append((i, len(data)))
                 if stuck:
                     break
-                line = self._read_line(last_event + soft_s + grace_s)
+                line = self._read_line(last_event + hard_s)
                 now = time.monotonic()
                 if line is None:
                     stuck = True
@@ -161,6 +164,6 @@ class WorkerProc:
                     else:
                         self.hard_timeouts += 1
                         results[head] = {"correct": False, "pred": None, "gold": None, "method": "timeout",
-                                         "timed_out": True, "seconds": soft_s + grace_s}
+                                         "timed_out": True, "seconds": hard_s}
                 pending.extend([i for i, _ in in_flight] + list(queued))
         return [r for r in results]  # type: ignore[misc]

@@ -2,7 +2,8 @@
 
 Started by :class:`cogpo_kit.evaluation.grading.MathGrader` as ``python -m
 cogpo_kit.evaluation.grader_worker MEMORY_BYTES``. Each request ``{"pred", "gold", "timeout"}``
-is checked under a soft time limit (``setitimer``); the parent enforces the hard limit by killing
+is checked under a soft time limit counted in CPU seconds (``ITIMER_PROF``, so a busy machine does
+not turn a slow check into a timeout); the parent enforces the hard, wall-clock limit by killing
 this process.
 """
 
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
             pass
     from cogpo_kit.evaluation.math_equivalence import check_math
 
-    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGPROF, _on_alarm)
     try:  # import and warm math-verify's parsers outside any time limit
         check_math("$x^2+1$", "1+x^2")
     except Exception:
@@ -53,9 +54,9 @@ def main(argv: list[str]) -> int:
         start = time.perf_counter()
         res = {"correct": False, "pred": None, "gold": None, "method": "", "timed_out": False}
         try:
-            signal.setitimer(signal.ITIMER_REAL, float(req.get("timeout", 5.0)))
+            signal.setitimer(signal.ITIMER_PROF, float(req.get("timeout", 5.0)))
             chk = check_math(req["pred"], req["gold"])
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             res.update(correct=chk.correct, pred=_cap(chk.pred_answer), gold=_cap(chk.gold_answer), method=chk.method)
         except SoftTimeout:
             res.update(method="timeout", timed_out=True)
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
         except Exception as exc:  # a grader error is a wrong answer, reported, never a crash
             res.update(method=f"error: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
         res["seconds"] = time.perf_counter() - start
         out.write(json.dumps(res) + "\n")
         out.flush()

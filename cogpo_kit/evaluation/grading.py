@@ -1,13 +1,14 @@
 """Grading answers: the public ``grade`` and ``extract_answer``, and a batch grader with time limits.
 
 Math checks (:mod:`math_equivalence`: the kit's extraction and normalisation, then math-verify)
-run in a separate worker process, because some inputs make SymPy compute for ever inside one C
-call (``9^{9^{9}}``), where no signal can interrupt it. Each check has two limits:
+run in a separate worker process, because some inputs can make SymPy compute for ever inside one C
+call, where no signal can interrupt it. Each check has two limits:
 
-- a soft limit inside the worker (``setitimer``), which interrupts ordinary slow Python code and
-  returns a ``timeout`` verdict at once;
-- a hard limit in the caller (soft limit + grace): when the worker has not answered by then it is
-  killed and a fresh one is started for the next check.
+- a soft limit inside the worker, in CPU seconds (``setitimer(ITIMER_PROF)``), which interrupts
+  ordinary slow Python code and returns a ``timeout`` verdict at once — counted in CPU time so a
+  busy machine does not turn slow-but-fine checks into timeouts;
+- a hard limit in the caller, in wall seconds (``hard_factor`` x soft limit + grace): when the
+  worker has not answered by then it is killed and a fresh one is started for the next check.
 
 So ``grade`` never hangs, works from any thread, and a pathological answer costs at most the hard
 limit. :class:`MathGrader` can run several workers and pipelines requests to each (see
@@ -49,18 +50,21 @@ class GradeResult:
 class MathGrader:
     """Math equivalence checks in worker processes with a soft and a hard time limit.
 
-    ``timeout_s`` is the soft limit of one check; the hard limit is ``timeout_s + grace_s``.
+    ``timeout_s`` is the soft limit of one check (CPU seconds); the hard limit is
+    ``hard_factor * timeout_s + grace_s`` wall seconds.
     ``workers`` processes grade in parallel in :meth:`check_many` (requests pipelined to each).
     Thread-safe; use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, timeout_s: float = 5.0, grace_s: float = 2.0, workers: int = 1, start_timeout_s: float = 180.0):
+    def __init__(self, timeout_s: float = 5.0, grace_s: float = 2.0, workers: int = 1, start_timeout_s: float = 180.0,
+                 hard_factor: float = 4.0):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.timeout_s = float(timeout_s)
         self.grace_s = float(grace_s)
+        self.hard_factor = float(hard_factor)
         self.checks = 0
         self.timeouts = 0
         self._workers = [WorkerProc(start_timeout_s) for _ in range(workers)]
@@ -103,7 +107,7 @@ class MathGrader:
     def _run(self, items: Sequence[tuple[str, str]], soft: float) -> list[GradeResult]:
         w = self._idle.get()
         try:
-            raw = w.run_batch([(str(p), str(g)) for p, g in items], soft, self.grace_s)
+            raw = w.run_batch([(str(p), str(g)) for p, g in items], soft, self.hard_factor * soft + self.grace_s)
         finally:
             self._idle.put(w)
         out = [GradeResult(bool(r["correct"]), r["pred"], r["gold"], r["method"], float(r["seconds"]),

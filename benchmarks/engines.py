@@ -1,0 +1,194 @@
+"""Benchmark: completion tokens per second of each CPU back end against a naive baseline.
+
+All back ends serve the same 16 chat prompts: the paper's Critic and Rethinker prompts (Table 13,
+``cogpo_kit.crv.prompts``: critic, expand, simplify, corrupt in turn) on the first 16 GSM8K-train
+CoTs (problem = question, reasoning = the answer text before ``####``), sampled at the paper's
+settings (T=0.7, top_p=0.9, top_k=50) with the same seeds. Measured in one run, one after the other:
+
+* **naive**: one request at a time through transformers ``generate`` (no batching, no cache);
+* **transformers**: the kit's transformers engine (batched, left-padded);
+* **llamacpp**: the kit's llama.cpp engine, the agents' default CPU path (continuous batching);
+* **openai → llama.cpp server**: the kit's HTTP engine against llama-cpp-python's server on loopback;
+* **cache**: the same batch again through the llamacpp engine's response cache (all hits).
+
+Throughput is completion tokens over wall time (prompt processing included); the ratio is against
+the naive baseline of the same run. The table goes to ``benchmarks/results/engines.md``.
+
+    python benchmarks/engines.py                       # 16 prompts, max_tokens 96
+    python benchmarks/engines.py --max-tokens 48 --skip openai
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP threads must not spin on a shared CPU
+os.environ.setdefault("COGPO_NO_PROGRESS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cogpo_kit.crv.prompts import build_messages  # noqa: E402
+from cogpo_kit.engines import build_engine  # noqa: E402
+from cogpo_kit.engines.base import Request  # noqa: E402
+from cogpo_kit.engines.common import cpu_threads, sample_seed  # noqa: E402
+from cogpo_kit.engines.config import CacheConfig, EngineConfig, SamplingConfig  # noqa: E402
+from cogpo_kit.io import atomic_write_json, atomic_write_text  # noqa: E402
+from cogpo_kit.models.resolve import DEFAULT_MODEL, load_causal_lm, resolve  # noqa: E402
+
+ROLES = ("critic", "expand", "simplify", "corrupt")
+
+
+def prompts(n: int, max_tokens: int) -> list[Request]:
+    """The agents' prompts on the first ``n`` GSM8K-train CoTs (roles in turn)."""
+    rows = []
+    with open(ROOT / "data" / "gsm8k" / "train.jsonl", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            row = json.loads(line)
+            if "####" not in row.get("answer", ""):
+                raise ValueError(f"data/gsm8k/train.jsonl line {lineno}: field 'answer' has no '####'")
+            reasoning, answer = row["answer"].split("####", 1)
+            rows.append((row["question"], answer.strip(), reasoning.strip()))
+            if len(rows) == n:
+                break
+    sp = SamplingConfig(temperature=0.7, top_p=0.9, top_k=50, max_tokens=max_tokens)
+    return [Request(messages=build_messages(ROLES[k % 4], problem=q, answer=a, reasoning=r),
+                    sampling=replace(sp, seed=k), tag=ROLES[k % 4]) for k, (q, a, r) in enumerate(rows)]
+
+
+def timed(label: str, fn) -> dict:
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    out = fn()
+    wall = time.perf_counter() - t0
+    tokens = sum(c.completion_tokens for row in out for c in row)
+    print(f"{label}: {tokens} completion tokens in {wall:.1f} s = {tokens / wall:.1f} tok/s "
+          f"(load {load:.1f})", flush=True)
+    return {"backend": label, "requests": len(out), "completion_tokens": tokens, "wall_s": wall,
+            "tok_s": tokens / wall, "load": load}
+
+
+def naive(reqs: list[Request], threads: int) -> list:
+    """One request at a time through transformers ``generate`` with the chat template."""
+    import torch
+
+    from cogpo_kit.engines.base import Completion
+
+    torch.set_num_threads(threads)
+    model, tok, _ = load_causal_lm(DEFAULT_MODEL, device="cpu")
+    model.eval()
+
+    def run():
+        out = []
+        for r in reqs:
+            ids = tok.apply_chat_template(list(r.messages), add_generation_prompt=True, return_tensors="pt",
+                                          return_dict=True)
+            torch.manual_seed(sample_seed(r.sampling.seed, 0))
+            with torch.no_grad():
+                gen = model.generate(**ids, do_sample=True, temperature=r.sampling.temperature,
+                                     top_p=r.sampling.top_p, top_k=r.sampling.top_k,
+                                     max_new_tokens=r.sampling.max_tokens, pad_token_id=tok.pad_token_id)
+            new = gen[0, ids["input_ids"].shape[1]:]
+            n_new = int((new != tok.pad_token_id).sum()) + int(tok.eos_token_id in new.tolist())
+            out.append([Completion(text=tok.decode(new, skip_special_tokens=True), completion_tokens=n_new)])
+        return out
+
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(threads: int):
+    port = free_port()
+    gguf = resolve(DEFAULT_MODEL).gguf_path
+    proc = subprocess.Popen([sys.executable, "-m", "cogpo_kit.engines.llamacpp_server", "--model", gguf,
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+                             "--n_threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/models", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("llama.cpp server did not start")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for every back end (0: all cores)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["naive", "transformers", "openai"])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engines.md"))
+    args = ap.parse_args(argv)
+    threads = cpu_threads(args.threads)
+    reqs = prompts(args.prompts, args.max_tokens)
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    off = CacheConfig(enabled=False)
+    if "naive" not in args.skip:
+        rows.append(timed("naive: transformers generate, one request at a time", naive(reqs, threads)))
+    if "transformers" not in args.skip:
+        eng = build_engine(EngineConfig(engine="transformers", device="cpu", threads=threads, batch_size=16,
+                                        cache=off))
+        rows.append(timed("transformers engine (batch 16)", lambda: eng.generate(reqs)))
+        eng.close()
+    eng = build_engine(EngineConfig(engine="llamacpp", threads=threads, batch_size=16, context_length=8192),
+                       cache_path=str(work / "cache.sqlite"))
+    rows.append(timed("llamacpp engine (continuous batching, 16 sequences)", lambda: eng.generate(reqs)))
+    cached = timed("llamacpp engine, same batch from the response cache", lambda: eng.generate(reqs))
+    eng.close()
+    if "openai" not in args.skip:
+        proc, url = start_server(threads)
+        try:
+            eng = build_engine(EngineConfig(engine="openai", model="smollm2", base_urls=(url,), max_concurrency=4,
+                                            timeout_s=600, cache=off))
+            rows.append(timed("openai engine -> llama.cpp server (4 in flight)", lambda: eng.generate(reqs)))
+            eng.close()
+        finally:
+            proc.kill()
+            proc.wait()
+    rows.append(cached)
+    base = rows[0]["tok_s"] if rows and rows[0]["backend"].startswith("naive") else None
+    lines = ["# Inference engines: completion tokens per second (CPU)", "",
+             f"{len(reqs)} chat prompts (the paper's Critic/Rethinker prompts on the first {len(reqs)} GSM8K-train "
+             f"CoTs), T=0.7 top_p=0.9 top_k=50, max_tokens={args.max_tokens}; model {DEFAULT_MODEL}; "
+             f"{threads} threads per back end; {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores; measured one after the other in one run "
+             f"({time.strftime('%Y-%m-%d %H:%M')}). Throughput = completion tokens / wall time, prompt "
+             "processing included. The machine is shared: `load` is the 1-minute load average at the start "
+             "of each measurement.", "",
+             "| back end | requests | completion tokens | wall s | tokens/s | × naive | load |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['tok_s'] / base:.1f}×" if base else "n/a"
+        lines.append(f"| {r['backend']} | {r['requests']} | {r['completion_tokens']} | {r['wall_s']:.1f} | "
+                     f"{r['tok_s']:.1f} | {ratio} | {r['load']:.1f} |")
+    lines += ["", "Command: `python benchmarks/engines.py " + " ".join(argv or sys.argv[1:]) + "`", ""]
+    out = Path(args.out)
+    atomic_write_text(out, "\n".join(lines))
+    atomic_write_json(out.with_suffix(".json"), {"rows": rows, "max_tokens": args.max_tokens, "threads": threads})
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
