@@ -118,9 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cogpo_kit.io import DataError
     from cogpo_kit.params import ParamsError
 
+    errors: tuple[type[BaseException], ...] = (ParamsError, DataError)
+    if args.command == "run":
+        from cogpo_kit.pipeline.runner import PipelineError
+
+        errors += (PipelineError,)
     try:
         return int(args.func(args) or 0)
-    except (ParamsError, DataError) as exc:
+    except errors as exc:
         print(f"cogpo-kit: error: {exc}", file=sys.stderr)
         return 2
 

@@ -52,6 +52,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; artifacts are readable like any other file
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -67,7 +67,8 @@ def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str | No
     if "01_critique" in stages:
         crits = []
         for i, lvl in zip(ids, levels):
-            votes = [lvl, lvl] if lvl and rng.random() < 0.6 else [lvl or "easy", "hard", "medium"]
+            other = "hard" if lvl != "hard" else "easy"
+            votes = ([lvl, lvl] if rng.random() < 0.6 else [lvl, other, lvl]) if lvl else ["easy", "hard", "medium"]
             crits.append({"id": i, "votes": votes, "raw": votes, "level": lvl, "reasks": int(lvl is None),
                           "reason": None if lvl else "no_majority"})
         unlabeled = levels.count(None)

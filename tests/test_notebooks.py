@@ -146,3 +146,18 @@ def test_smoke_pipeline_through_papermill(tmp_path):
     assert first["report"] == str(run / "07_report" / "report.html") and not first["results"].empty
     second = runner.run_pipeline([SMOKE], overrides)  # everything matches now: nothing runs again
     assert second["executed"] == [] and set(second["skipped"]) == set(STAGES)
+
+
+def test_load_from_the_notebooks_folder(tmp_path, monkeypatch):
+    from cogpo_kit.pipeline.notebook import load
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "params/run.yaml").write_text("run: {run_id: a, output_dir: outputs}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "notebooks")  # where JupyterLab starts a notebook's kernel
+    params = load(["params/run.yaml"], ["eval.limit=2"])
+    assert params.run.output_dir == str(tmp_path / "outputs") and params.eval.limit == 2
+    params = load("params/run.yaml", [], run_id="b", output_dir="/somewhere/else")
+    assert (params.run.run_id, params.run.output_dir) == ("b", "/somewhere/else")
+    with pytest.raises(ValueError, match="overrides must be a list"):
+        load(["params/run.yaml"], "eval.limit=2")

@@ -174,3 +174,24 @@ def test_parameters_added_since_are_not_compared(tmp_path):
     old["crv"]["critic"]["engine"]["retired_option"] = 1  # a parameter the kit no longer has
     open_stage(run_dir(params), "01_critique", old).finish()
     assert check_stage(run_dir(params), "01_critique", tree).reason == "parameter 'crv.critic' changed"
+
+
+def test_moved_or_copied_run_folder_still_matches(tmp_path, fake_stages):
+    import os
+    import shutil
+
+    yaml_path = _params_file(tmp_path)
+    (tmp_path / "out/r").mkdir(parents=True)
+    (tmp_path / "out/r/data.txt").write_text("v1")
+    runner.run_pipeline([yaml_path], in_process=True)
+    shutil.copytree(tmp_path / "out", tmp_path / "moved")  # new mtimes in copy order, inputs recorded elsewhere
+    shutil.rmtree(tmp_path / "out")
+    os.utime(tmp_path / "moved/r/01_critique/manifest.json")  # the first stage now looks newest
+    fake_stages.clear()
+    again = runner.run_pipeline([yaml_path], [f"run.output_dir={tmp_path / 'moved'}"], in_process=True)
+    assert again["executed"] == [] and fake_stages == []
+
+    # without the runner's record, a newer upstream manifest means the stage is redone
+    (tmp_path / "moved/r/notebooks/pipeline_state.json").unlink()
+    params = load_params([yaml_path], [f"run.output_dir={tmp_path / 'moved'}"])
+    assert check_stage(run_dir(params), "02_rethink", params_dict(params)).reason == "01_critique was redone after it"

@@ -3,7 +3,9 @@
 All samples of a batch run together in one llama.cpp context with a unified KV cache: up to
 ``batch_size`` sequences decode in each step (continuous batching: a finished sequence's slot
 takes the next waiting sample at once, its prompt fed in the same step as the others' next
-tokens). Samples of one prompt share its KV cells: the prompt is evaluated once and copied. The
+tokens). Prompts share KV cells: a prompt starting like one already in the batch (the other
+samples of a request, the other requests of an agent with the same system prompt) evaluates only
+what differs. The
 prompt is the model's own chat template from the GGUF file (the template llama-cpp-python's
 ``create_chat_completion`` applies). Each sample has its own sampler chain and seed (derived from
 the request's seed and the sample index), so a sample does not depend on what else is in the
@@ -27,6 +29,7 @@ from cogpo_kit.engines.common import (apply_stop, choices_grammar, cpu_threads, 
 from cogpo_kit.engines.config import EngineConfig
 
 N_BATCH = 512
+MIN_SHARE = 8
 
 
 def use_extra_buffers() -> bool:
@@ -83,8 +86,24 @@ class _Seq:
     n_phase: int = 0
     n_total: int = 0
     prefix: str = ""
-    followers: list["_Seq"] = field(default_factory=list)
-    leader: Optional["_Seq"] = None
+    leader: Optional[object] = None
+    """While set, this sequence waits for ``leader`` to have evaluated the shared prompt prefix."""
+    share: int = 0
+    """Prompt tokens taken from ``leader``'s KV cells instead of being evaluated again."""
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.job.prompt
+
+
+@dataclass
+class _Kept:
+    """The prompt of the last finished sequence, left in the KV cache under its own sequence id."""
+
+    slot: int
+    prompt: list[int] = field(default_factory=list)
+    pos: int = 0
+    leader: None = None
 
 
 class LlamaCppEngine:
@@ -120,7 +139,7 @@ class LlamaCppEngine:
         cp.n_ctx = self.n_ctx
         cp.n_batch = N_BATCH
         cp.n_ubatch = N_BATCH
-        cp.n_seq_max = self.n_parallel
+        cp.n_seq_max = self.n_parallel + 1  # one more: the last finished prompt, kept for reuse
         cp.kv_unified = True
         cp.n_threads = cp.n_threads_batch = cpu_threads(config.threads)
         cp.no_perf = True
@@ -137,6 +156,7 @@ class LlamaCppEngine:
         self._grammar_cls = __import__("llama_cpp.llama_grammar", fromlist=["LlamaGrammar"]).LlamaGrammar
         self._internals = internals
         self._piece = ctypes.create_string_buffer(256)
+        self._kept = _Kept(slot=self.n_parallel)
 
     # -- tokens ---------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
@@ -207,21 +227,55 @@ class LlamaCppEngine:
         mem = self._ctx.memory
         llama = self._llama
         free = list(range(self.n_parallel))[::-1]
+        kept = self._kept  # the last finished prompt of earlier batches is reused too
         active: list[_Seq] = []
-        reserved = 0
+        reserved = len(self._kept.prompt)
         think = self.config.thinking_end
 
-        def start(job: _Job, slot: int, leader: Optional[_Seq]) -> _Seq:
+        def start(job: _Job, slot: int, leader: Optional[_Seq], share: int) -> _Seq:
             r = job.req
             constrained_now = r.choices is not None and not think
             grammar = choices_grammar(r.choices) if constrained_now else None
             llama.llama_memory_seq_rm(mem, slot, -1, -1)
-            reserve = job.max_new + (0 if leader else len(job.prompt))
-            seq = _Seq(job=job, slot=slot, feed=[] if leader else list(job.prompt), pos=0,
-                       sampler=self._sampler(r, job.seed, grammar), phase=1, reserve=reserve, leader=leader)
-            if leader:
-                leader.followers.append(seq)
-            return seq
+            reserve = job.max_new + len(job.prompt)  # shared cells stay in use after the leader ends
+            return _Seq(job=job, slot=slot, feed=list(job.prompt[share:]), pos=share,
+                        sampler=self._sampler(r, job.seed, grammar), phase=1, reserve=reserve,
+                        leader=leader, share=share)
+
+        def best_source(job: _Job) -> tuple[Optional[_Seq], int]:
+            """The active sequence sharing the longest prompt prefix with ``job`` (at least MIN_SHARE)."""
+            best, best_n = None, 0
+            limit = len(job.prompt) - 1  # the last prompt token is always evaluated: its logits are ours
+            for s in active + ([kept] if kept.prompt else []):
+                if s.leader is not None:
+                    continue
+                other, n = s.prompt, 0
+                top = min(limit, len(other))
+                while n < top and other[n] == job.prompt[n]:
+                    n += 1
+                if n > best_n:
+                    best, best_n = s, n
+            return (best, best_n) if best_n >= MIN_SHARE else (None, 0)
+
+        def link_ready() -> None:
+            """Copy shared prefixes whose leader has evaluated them (KV cells are shared, not copied)."""
+            for s in active:
+                if s.leader is not None and s.leader.pos >= s.share:
+                    llama.llama_memory_seq_cp(mem, s.leader.slot, s.slot, 0, s.share)
+                    s.leader = None
+
+        def keep(seq: _Seq) -> None:
+            """Keep a finished prompt's KV cells (shared, not copied) for the prompts still to come."""
+            nonlocal reserved
+            prompt = seq.job.prompt
+            if prompt == kept.prompt:
+                return
+            if reserved - len(kept.prompt) + len(prompt) > self.n_ctx:
+                return
+            llama.llama_memory_seq_rm(mem, kept.slot, -1, -1)
+            llama.llama_memory_seq_cp(mem, seq.slot, kept.slot, 0, len(prompt))
+            reserved += len(prompt) - len(kept.prompt)
+            kept.prompt, kept.pos = prompt, len(prompt)
 
         def finish(seq: _Seq, reason: str, text: str) -> None:
             nonlocal reserved
@@ -240,6 +294,7 @@ class LlamaCppEngine:
             c = label_completion(full, reason, len(job.prompt), seq.n_total, r.choices, think,
                                  constrained=True)
             results[job.sub][job.j] = c
+            keep(seq)
             active.remove(seq)
             llama.llama_memory_seq_rm(mem, seq.slot, -1, -1)
             free.append(seq.slot)
@@ -275,19 +330,18 @@ class LlamaCppEngine:
         while pending or active:
             while pending and free:
                 job = pending[0]
-                leader = next((s for s in reversed(active) if s.phase == 1 and s.leader is None and s.feed
-                               and s.n_total == 0 and s.job.prompt == job.prompt), None)
-                need = job.max_new + (0 if leader else len(job.prompt))
+                leader, share = best_source(job)
+                need = job.max_new + len(job.prompt)
                 if active and reserved + need > self.n_ctx:
                     break
                 pending.popleft()
-                seq = start(job, free.pop(), leader)
+                active.append(start(job, free.pop(), leader, share))
                 reserved += need
-                active.append(seq)
+            link_ready()
             n = 0
             to_sample: list[tuple[_Seq, int]] = []
             for seq in sorted(active, key=lambda s: len(s.feed)):  # decoding sequences before prompts
-                if not seq.feed or n >= N_BATCH:
+                if not seq.feed or seq.leader is not None or n >= N_BATCH:
                     continue
                 take = seq.feed[:N_BATCH - n]
                 for tok in take:
@@ -309,19 +363,10 @@ class LlamaCppEngine:
             if rc != 0:
                 raise EngineError(f"llamacpp: llama_decode returned {rc} with {len(active)} sequences "
                                   f"(context {self.n_ctx} tokens); lower batch_size or raise context_length")
+            link_ready()  # before any leader can finish and free its cells
             for seq, idx in to_sample:
-                if seq.phase == 1 and seq.pos == len(seq.job.prompt):
-                    for f in seq.followers:  # share the evaluated prompt with the other samples
-                        llama.llama_memory_seq_cp(mem, seq.slot, f.slot, 0, seq.pos)
-                        f.pos = seq.pos
-                    group = [seq] + seq.followers
-                    seq.followers = []
-                else:
-                    group = [seq]
-                for s in group:
-                    s.leader = None
-                    tok = llama.llama_sampler_sample(s.sampler.sampler, self._ctx.ctx, idx)
-                    step_token(s, tok)
+                tok = llama.llama_sampler_sample(seq.sampler.sampler, self._ctx.ctx, idx)
+                step_token(seq, tok)
         return [[c for c in row] for row in results]  # type: ignore[misc]
 
     def close(self) -> None:

@@ -12,11 +12,16 @@ A stage's manifest **matches** (and ``cogpo-kit run`` skips the stage unless ``-
    :func:`stage_params` or of the whole parameter set. A parameter the kit gained after the stage
    ran (absent from the manifest) is not compared: new parameters default to the old behaviour;
 3. **inputs**: every input file recorded in ``inputs`` still exists with the same SHA-256
-   (a recorded folder must still exist);
-4. **upstream**: the manifest is newer than the manifests of the stages it reads
-   (:data:`UPSTREAM`), so redoing a stage redoes the stages after it that read its outputs.
+   (a recorded folder must still exist; a path inside a run folder that has moved since is looked
+   up in the run folder, by the run id, where it is now);
+4. **upstream**: the stages it reads (:data:`UPSTREAM`) have not been redone since it ran, so
+   redoing a stage redoes the stages after it that read its outputs. The runner records the
+   SHA-256 of those manifests next to each stage it runs or finds matching (:data:`STATE_FILE`);
+   for a stage run outside the runner (a notebook cell by cell) its manifest must be newer than
+   theirs.
 
-The run location (``run.output_dir``, ``run.run_id``) is never compared: moving a run folder keeps it valid.
+The run location (``run.output_dir``, ``run.run_id``) is never compared: a run folder that is
+moved or copied keeps matching.
 Code changes are not detected either: after changing a stage's code, redo it with ``--force``.
 """
 
@@ -28,8 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cogpo_kit.io import file_sha256, stable_hash
+from cogpo_kit.io import DataError, atomic_write_json, file_sha256, read_json, stable_hash
 from cogpo_kit.pipeline.stage import STAGES, read_manifest, scrub_secrets, stage_dir_name
+
+STATE_FILE = "notebooks/pipeline_state.json"
+"""Where the runner remembers, per stage, the manifests it was made from."""
 
 # Parameter paths each stage's outputs depend on.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
@@ -118,13 +126,7 @@ class Freshness:
     reason: str
 
 
-def check_stage(run_path: str | os.PathLike, stage: str, params_tree: dict) -> Freshness:
-    """Apply the rules of this module's docstring to one stage."""
-    name = stage_dir_name(stage)
-    run_path = Path(run_path)
-    manifest = read_manifest(run_path, name)
-    if manifest is None:
-        return Freshness(False, "not run yet")
+def _params_reason(manifest: dict, name: str, params_tree: dict) -> str | None:
     recorded = manifest.get("params") or {}
     current = _plain(scrub_secrets(params_tree))
     checks = [(path, path) for path in STAGE_PARAMS[name]]
@@ -132,7 +134,7 @@ def check_stage(run_path: str | os.PathLike, stage: str, params_tree: dict) -> F
         if key not in current:  # a name of the stage's own
             path = resolve_key(current, key)
             if path is None:
-                return Freshness(False, f"recorded parameter '{key}' names no current parameter")
+                return f"recorded parameter '{key}' names no current parameter"
             checks.append((key, path))
     compared = 0
     for rec_path, path in checks:
@@ -142,20 +144,79 @@ def check_stage(run_path: str | os.PathLike, stage: str, params_tree: dict) -> F
         compared += 1
         new = _get(current, path)
         if new is _MISSING or not _matches(_plain(old), new):
-            return Freshness(False, f"parameter '{path}' changed")
-    if compared == 0:
-        hashes = {stable_hash(stage_params(params_tree, name)), stable_hash(params_tree)}
-        if manifest.get("params_hash") not in hashes:
-            return Freshness(False, "parameters changed (params_hash differs)")
-    for path, digest in (manifest.get("inputs") or {}).items():
-        p = Path(path)
+            return f"parameter '{path}' changed"
+    if compared == 0 and manifest.get("params_hash") not in {stable_hash(stage_params(params_tree, name)),
+                                                             stable_hash(params_tree)}:
+        return "parameters changed (params_hash differs)"
+    return None
+
+
+def _input_path(run_path: Path, recorded: str) -> Path:
+    """A recorded input; one inside a run folder that has moved since is looked up in this run folder."""
+    p = Path(recorded)
+    if p.exists() or run_path.name not in p.parts:
+        return p
+    last = len(p.parts) - 1 - p.parts[::-1].index(run_path.name)  # the run folder's name in the old path
+    return run_path.joinpath(*p.parts[last + 1:])
+
+
+def _inputs_reason(manifest: dict, run_path: Path) -> str | None:
+    for recorded, digest in (manifest.get("inputs") or {}).items():
+        p = _input_path(run_path, recorded)
         if not p.exists():
-            return Freshness(False, f"input {path} is gone")
+            return f"input {recorded} is gone"
         if digest != "<dir>" and p.is_file() and file_sha256(p) != digest:
-            return Freshness(False, f"input {path} changed")
-    mine = (run_path / name / "manifest.json").stat().st_mtime
+            return f"input {recorded} changed"
+    return None
+
+
+def _manifest_hash(run_path: Path, stage: str) -> str | None:
+    p = run_path / stage / "manifest.json"
+    return file_sha256(p) if p.exists() else None
+
+
+def _read_state(run_path: Path) -> dict:
+    p = run_path / STATE_FILE
+    try:
+        return read_json(p) if p.exists() else {}
+    except DataError:
+        return {}
+
+
+def record_stage(run_path: str | os.PathLike, stage: str) -> None:
+    """Remember the manifests ``stage`` was made from (called by the runner after it ran or matched)."""
+    run_path = Path(run_path)
+    name = stage_dir_name(stage)
+    state = _read_state(run_path)
+    state[name] = {"manifest": _manifest_hash(run_path, name),
+                   "upstream": {u: h for u in UPSTREAM[name] if (h := _manifest_hash(run_path, u))}}
+    atomic_write_json(run_path / STATE_FILE, state)
+
+
+def _upstream_reason(run_path: Path, name: str) -> str | None:
+    entry = _read_state(run_path).get(name)
+    if isinstance(entry, dict) and entry.get("manifest") == _manifest_hash(run_path, name):
+        seen = entry.get("upstream") or {}
+        for up in UPSTREAM[name]:
+            h = _manifest_hash(run_path, up)
+            if h is not None and seen.get(up) != h:
+                return f"{up} was redone after it"
+        return None
+    mine = (run_path / name / "manifest.json").stat().st_mtime  # stage run outside the runner
     for up in UPSTREAM[name]:
         up_manifest = run_path / up / "manifest.json"
         if up_manifest.exists() and up_manifest.stat().st_mtime > mine:
-            return Freshness(False, f"{up} was redone after it")
-    return Freshness(True, "up to date")
+            return f"{up} was redone after it"
+    return None
+
+
+def check_stage(run_path: str | os.PathLike, stage: str, params_tree: dict) -> Freshness:
+    """Apply the rules of this module's docstring to one stage."""
+    name = stage_dir_name(stage)
+    run_path = Path(run_path)
+    manifest = read_manifest(run_path, name)
+    if manifest is None:
+        return Freshness(False, "not run yet")
+    reason = (_params_reason(manifest, name, params_tree) or _inputs_reason(manifest, run_path)
+              or _upstream_reason(run_path, name))
+    return Freshness(reason is None, reason or "up to date")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cogpo_kit.params import ParamsError, load_params, params_dict
-from cogpo_kit.pipeline.freshness import check_stage
+from cogpo_kit.pipeline.freshness import check_stage, record_stage
 from cogpo_kit.pipeline.notebook import check_parameters, notebook_path, stage_function
 from cogpo_kit.pipeline.stage import STAGES, run_dir, stage_dir_name
 from cogpo_kit.progress import progress
@@ -115,7 +115,9 @@ def _print_results(run_path: Path) -> tuple[Any, Path | None]:
 def run_pipeline(params_paths: Sequence[str | os.PathLike], overrides: Sequence[str] = (),
                  stages: Sequence[str] | str | None = None, from_stage: str | None = None, force: bool = False,
                  in_process: bool = False, *, log_output: bool = False) -> dict:
-    """Run the selected stages of one run; returns ``{run, executed, skipped, notebooks, report, results}``."""
+    """Run the selected stages of one run; returns ``{run, executed, skipped, notebooks, report, results}``.
+
+    ``log_output`` also streams each notebook's cell output to this process's log."""
     if isinstance(params_paths, (str, os.PathLike)):
         params_paths = [params_paths]
     overrides = list(overrides or ())
@@ -145,6 +147,7 @@ def run_pipeline(params_paths: Sequence[str | os.PathLike], overrides: Sequence[
         if fresh.fresh and not force:
             skipped[stage] = fresh.reason
             bar.write(f"{stage}: skipped ({fresh.reason}; --force redoes it)")
+            record_stage(run_path, stage)
             if not in_process and not out_nb.exists():
                 notebooks[stage] = str(execute_notebook(stage, out_nb, {**parameters, "skip_compute": True},
                                                         kernel_name=kernel))
@@ -157,7 +160,9 @@ def run_pipeline(params_paths: Sequence[str | os.PathLike], overrides: Sequence[
             except Exception as exc:
                 raise PipelineError(f"stage {stage} failed: {type(exc).__name__}: {exc}") from exc
         else:
-            notebooks[stage] = str(execute_notebook(stage, out_nb, parameters, kernel_name=kernel))
+            notebooks[stage] = str(execute_notebook(stage, out_nb, parameters, kernel_name=kernel,
+                                                    log_output=log_output))
+        record_stage(run_path, stage)
         executed.append(stage)
         bar.write(f"{stage}: done in {time.time() - t0:.1f} s")
     bar.close()

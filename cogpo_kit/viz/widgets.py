@@ -193,10 +193,12 @@ def cot_html(it: dict) -> str:
     original = text_of(inp.get("reasoning"))
     votes = "".join(_badge(v) for v in crit.get("votes") or []) or '<span class="ck-empty">none</span>'
     sft = it["sft"]
+    outcome = _badge(it["outcome"], "ck-good" if it["outcome"] == "kept" else "ck-warn")
     head = (f"<div><b>{_e(it['id'])}</b> · level {_badge(it['level'])} · Critic votes {votes}"
-            f" · re-asked {_e(crit.get('reasks', 0))} · outcome {_badge(it['outcome'], 'ck-good' if it['outcome'] == 'kept' else 'ck-warn')}"
+            f" · re-asked {_e(crit.get('reasks', 0))} · outcome {outcome}"
             f" · {'in D_SFT* as ' + _badge(sft.get('origin')) if sft else 'not in D_SFT*'}</div>"
-            f"<div class='ck-meta'><b>Problem:</b> {_e(inp.get('problem'))}<br><b>Gold answer:</b> {_e(inp.get('answer'))}</div>")
+            f"<div class='ck-meta'><b>Problem:</b> {_e(inp.get('problem'))}<br>"
+            f"<b>Gold answer:</b> {_e(inp.get('answer'))}</div>")
     cols = [_col("Original CoT", _e(original) if original else '<span class="ck-empty">no original CoT</span>',
                  f"{len(original.split())} words")]
     for a in it["attempts"]:
