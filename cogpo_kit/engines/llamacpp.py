@@ -247,8 +247,6 @@ class LlamaCppEngine:
             best, best_n = None, 0
             limit = len(job.prompt) - 1  # the last prompt token is always evaluated: its logits are ours
             for s in active + ([kept] if kept.prompt else []):
-                if s.leader is not None:
-                    continue
                 other, n = s.prompt, 0
                 top = min(limit, len(other))
                 while n < top and other[n] == job.prompt[n]:
@@ -260,7 +258,7 @@ class LlamaCppEngine:
         def link_ready() -> None:
             """Copy shared prefixes whose leader has evaluated them (KV cells are shared, not copied)."""
             for s in active:
-                if s.leader is not None and s.leader.pos >= s.share:
+                if s.leader is not None and s.leader.leader is None and s.leader.pos >= s.share:
                     llama.llama_memory_seq_cp(mem, s.leader.slot, s.slot, 0, s.share)
                     s.leader = None
 
