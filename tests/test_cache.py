@@ -227,3 +227,11 @@ def test_concurrent_threads_share_one_engine(tmp_path):
     assert not errors
     assert len(eng.entries(good_only=True)) == 6
     assert sum(s["calls"] for s in eng.stats_by_tag().values()) == 16
+
+
+def test_truncated_can_be_served_when_asked(tmp_path):
+    be = FakeBackend(fail={0: ["length"]})
+    eng = CachedEngine(be, tmp_path / "c.sqlite", show_progress=False, retry_truncated=False)
+    eng.generate([req()])
+    again = eng.generate([req()])[0][0]
+    assert again.cached and again.finish_reason == "length" and len(be.calls) == 1

@@ -96,3 +96,11 @@ def test_final_response_ends_with_the_reached_answer():
     already = "So we get 5.\nThe answer is $\\boxed{5}$."
     assert final_response(already + "\n\n", "5") == already
     assert ends_with_boxed(already) and not ends_with_boxed("\\boxed{3} then more text\nand more")
+
+
+def test_reached_answer_of_a_stated_computation_is_its_result():
+    from cogpo_kit.crv.answers import reached_answer
+
+    assert reached_answer("Ella has 40 and Marion 24. So, the answer is 40 + 24 = 64.") == "64"
+    assert reached_answer("We need x. Solving gives the answer is $x = 5$.") == "x = 5"
+    assert reached_answer("No number at all here, just words and more words to make it long enough.") is None

@@ -106,15 +106,17 @@ def _paid(out: Path) -> int:
     total = 0
     for stage in ("01_critique", "02_rethink"):
         m = json.loads((out / "resume" / stage / "manifest.json").read_text())
-        total += m["funnel"]["calls"]["paid"]
+        total += m["funnel"]["calls"]["paid"] + m["funnel"]["calls"]["probe_paid"]
     return total
 
 
 def test_killed_three_times_then_rerun_gives_identical_outputs(tmp_path):
     ref = tmp_path / "ref"
     _run(ref, tmp_path / "ref.log")
-    n_total = _cache_rows(ref)[1]
-    assert n_total == _paid(ref) > 5, "the uninterrupted run's paid samples are what its cache serves"
+    stored, n_total = _cache_rows(ref)
+    assert n_total == _paid(ref) > 5, (
+        f"the uninterrupted run paid {_paid(ref)} samples but its cache serves {n_total} of the {stored} it stored: "
+        "finished samples the cache will not serve (e.g. truncated ones) are paid again by every rerun")
 
     out = tmp_path / "killed"
     seed = int(os.environ.get("COGPO_RESUME_SEED", "0")) or random.randrange(1 << 30)
@@ -124,11 +126,13 @@ def test_killed_three_times_then_rerun_gives_identical_outputs(tmp_path):
     for target in targets:
         kills += _run_and_kill(out, tmp_path / "killed.log", target, rng.uniform(0.0, 0.3))
     assert kills >= 2, f"kill points {targets} (seed {seed}) mostly came after the run finished"
-    _, finished_before = _cache_rows(out)
+    stored_before, finished_before = _cache_rows(out)
     _run(out, tmp_path / "killed.log")
     for name in ARTIFACTS:
         assert (out / "resume" / name).read_bytes() == (ref / "resume" / name).read_bytes(), \
             f"{name} differs after kills at {targets} (COGPO_RESUME_SEED={seed})"
     # the final run paid exactly for the samples not finished before it
-    assert _paid(out) == n_total - finished_before
+    assert _paid(out) == n_total - finished_before, (
+        f"rerun paid {_paid(out)}, expected {n_total - finished_before} ({stored_before} samples stored before it, "
+        f"{finished_before} served)")
     assert _cache_rows(out)[1] == n_total

@@ -85,6 +85,9 @@ def test_stages_write_the_artifacts_and_the_funnel(tmp_path):
     assert f1["labels"]["constrained"]["invalid_share"] == 0 and f1["labels"]["free"]["invalid"] > 0
     # width: round 1 of the critique asked all 10 CoTs (+4 free probes) in one generate call
     assert backend.batch_sizes[0] == 14
+    # the free-decoding probes are measured apart from the algorithm's calls
+    assert f1["calls"]["probe_samples"] == 12 and f1["calls"]["naive"] == 30
+    assert f1["calls"]["samples"] == f1["early_exit"]["samples_asked"]
 
     f2 = m2["funnel"]
     sft = [json.loads(x) for x in (run / "02_rethink/sft.jsonl").read_text().splitlines()]

@@ -125,6 +125,7 @@ def test_llamacpp_context_errors_and_left_truncation(tmp_path):
     left = build_engine(replace(cfg, truncation="left"), cache_path=str(tmp_path / "c.sqlite"))
     c = left.generate([replace(long, sampling=SamplingConfig(max_tokens=8))])[0][0]
     assert c.prompt_tokens == 248 and left.backend.prompt_truncations == {"rethinker": 1}
+    assert left.stats_by_tag()["rethinker"]["prompt_truncations"] == 1
     left.close()
 
 

@@ -210,7 +210,13 @@ def build_agents(params, stage: str, *, engines: Optional[dict[str, Any]] = None
         if key not in built:
             from cogpo_kit.engines import build_engine
 
-            built[key] = build_engine(cfg, cache_path=cache_path, model=model)
+            try:
+                built[key] = build_engine(cfg, cache_path=cache_path, model=model)
+            except BaseException:
+                for k, eng in built.items():  # do not leave the engines already loaded open
+                    if not k.startswith("given:"):
+                        eng.close()
+                raise
         keys[name] = key
     # one engine object may serve several roles: key by identity so a round sends it one call
     by_id: dict[int, str] = {}

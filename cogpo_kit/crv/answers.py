@@ -9,16 +9,26 @@ a boxed answer.
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from cogpo_kit.evaluation.grading import extract_answer, grade
 
 _FINAL_LINE = "The final answer is \\boxed{{{answer}}}"
+_ARITHMETIC = re.compile(r"[\d\s+\-*/×÷^().,$=]+")
 
 
 def reached_answer(text: str) -> Optional[str]:
-    """The final answer ``text`` reaches (``None`` when it reaches none)."""
-    return extract_answer(text)
+    """The final answer ``text`` reaches (``None`` when it reaches none).
+
+    A computation stated as the answer ("the answer is 40 + 24 = 64") reaches its result (``64``)."""
+    ans = extract_answer(text)
+    if ans and "=" in ans:
+        lhs, rhs = ans.rsplit("=", 1)
+        rhs = rhs.strip().rstrip(".").strip("$ ")
+        if rhs and _ARITHMETIC.fullmatch(lhs):
+            return rhs
+    return ans
 
 
 def same_answer(prediction: Optional[str], gold: str) -> bool:

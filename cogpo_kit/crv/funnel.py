@@ -50,11 +50,19 @@ def early_exit_stats(results: Iterable[LabelResult], votes: int) -> dict:
             "votes_per_question": votes}
 
 
+PROBE_SUFFIX = "_free"
+"""Tags of the free-decoding measurement probes (``critic_free``, ``verifier_free``)."""
+
+
 def call_stats(agents: Agents, n_examples: int, *, skipped_votes: int) -> dict:
-    """Calls per tag from the kit's counters and the engines' ``stats_by_tag``; naive count."""
+    """Calls per tag from the kit's counters and the engines' ``stats_by_tag``, and the naive count.
+
+    ``samples``/``paid``/``naive`` count the algorithm's calls; the free-decoding probes (measurement
+    only) are counted apart in ``probe_samples``."""
     by_tag = agents.counter_dict()
-    samples = sum(c["samples"] for c in by_tag.values())
-    cached = sum(c["cached"] for c in by_tag.values())
+    algo = {t: c for t, c in by_tag.items() if not t.endswith(PROBE_SUFFIX)}
+    samples = sum(c["samples"] for c in algo.values())
+    cached = sum(c["cached"] for c in algo.values())
     naive = samples + skipped_votes
     return {
         "by_tag": by_tag,
@@ -65,6 +73,8 @@ def call_stats(agents: Agents, n_examples: int, *, skipped_votes: int) -> dict:
         "naive": naive,
         "per_example": _share(samples, n_examples),
         "naive_per_example": _share(naive, n_examples),
+        "probe_samples": sum(c["samples"] for t, c in by_tag.items() if t.endswith(PROBE_SUFFIX)),
+        "probe_paid": sum(c["samples"] - c["cached"] for t, c in by_tag.items() if t.endswith(PROBE_SUFFIX)),
         "prompt_tokens": sum(c["prompt_tokens"] for c in by_tag.values()),
         "completion_tokens": sum(c["completion_tokens"] for c in by_tag.values()),
     }

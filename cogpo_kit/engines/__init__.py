@@ -76,7 +76,8 @@ def build_engine(config: EngineConfig, *, cache_path: Optional[str] = None,
     backend = factory(config)
     try:
         return CachedEngine(backend, os.path.expanduser(path), enabled=config.cache.enabled,
-                            clear=config.cache.clear, key_extra=cache_key_extra(config))
+                            clear=config.cache.clear, key_extra=cache_key_extra(config),
+                            retry_truncated=config.cache.retry_truncated)
     except BaseException:
         backend.close()
         raise

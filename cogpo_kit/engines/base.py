@@ -76,7 +76,12 @@ class Engine(Protocol):
     """Identity of the served model used in cache keys (spec + file hash or revision)."""
 
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
-        """Serve all requests (as one batch where the back end can); one list of ``n`` per request."""
+        """Serve all requests (as one batch where the back end can); one list of ``n`` per request.
+
+        A back end with ``streams_results = True`` also takes ``on_result(request_index,
+        sample_number, completion)`` and calls it as each sample finishes, so the response cache
+        stores finished samples even when the batch fails later.
+        """
         ...
 
     def close(self) -> None:

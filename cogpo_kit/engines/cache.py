@@ -7,7 +7,8 @@ for ``n=3`` after ``n=2`` pays for one sample. Only missing samples go to the ba
 batch. Every result is committed (fsync'ed) before it is returned, as soon as the back end
 finishes it when the back end streams its results, so a killed run keeps all finished work.
 Errors, empty and truncated completions are recorded as what they are (with an attempt count)
-but never served later: a later call asks the back end again. Several processes and threads may
+but never served later: a later call asks the back end again (truncated ones may be served,
+marked ``length``, with ``retry_truncated=False``). Several processes and threads may
 write to one file at once.
 """
 
@@ -59,9 +60,11 @@ STAT_KEYS = ("calls", "cache_hits", "misses", "prompt_tokens", "completion_token
 ResultCallback = Callable[[int, int, Completion], None]
 
 
-def is_good(c: Completion, choices: Optional[Sequence[str]]) -> bool:
-    """A completion the cache may serve later: finished normally, non-empty (and a label if asked)."""
-    return c.finish_reason == "stop" and bool(c.text.strip()) and (choices is None or c.choice is not None)
+def is_good(c: Completion, choices: Optional[Sequence[str]], *, serve_truncated: bool = False) -> bool:
+    """A completion the cache may serve later: finished normally, non-empty (and a label if asked);
+    with ``serve_truncated`` also one cut at ``max_tokens``."""
+    finished = c.finish_reason == "stop" or (serve_truncated and c.finish_reason == "length")
+    return finished and bool(c.text.strip()) and (choices is None or c.choice is not None)
 
 
 def request_key(model_id: str, request: Request, extra: Optional[dict] = None) -> tuple[str, dict]:
@@ -88,7 +91,8 @@ class CachedEngine:
 
     def __init__(self, backend: Any, path: str | os.PathLike | None, *, enabled: bool = True,
                  clear: bool = False, key_extra: Optional[dict] = None,
-                 logger: Optional[logging.Logger] = None, show_progress: bool = True):
+                 logger: Optional[logging.Logger] = None, show_progress: bool = True,
+                 retry_truncated: bool = True):
         self.backend = backend
         self.name: str = backend.name
         self.model_id: str = backend.model_id
@@ -96,6 +100,7 @@ class CachedEngine:
         self.path = Path(path) if path is not None else None
         self.key_extra = dict(key_extra or {})
         self.show_progress = show_progress
+        self.retry_truncated = retry_truncated
         self._logger = logger or logging.getLogger("cogpo_kit.engines")
         self._lock = threading.RLock()
         self._stats: dict[str, dict[str, int]] = defaultdict(lambda: {k: 0 for k in STAT_KEYS})
@@ -263,7 +268,7 @@ class CachedEngine:
                 if (sub_index, j) in done:
                     return
                 done.add((sub_index, j))
-            ok = is_good(c, r.choices)
+            ok = is_good(c, r.choices, serve_truncated=not self.retry_truncated)
             if self.enabled:
                 c = self._store(key, body, sample, c, ok)
             with self._lock:
@@ -309,9 +314,13 @@ class CachedEngine:
                 bar.close()
 
     def stats_by_tag(self) -> dict[str, dict[str, int]]:
-        """Per-tag counters since this engine was built (or :meth:`reset_stats`)."""
+        """Per-tag counters since this engine was built (or :meth:`reset_stats`); a tag whose prompts
+        lost their oldest tokens to ``truncation: left`` also gets ``prompt_truncations``."""
         with self._lock:
-            return {tag: dict(v) for tag, v in self._stats.items()}
+            out = {tag: dict(v) for tag, v in self._stats.items()}
+        for tag, n in dict(getattr(self.backend, "prompt_truncations", None) or {}).items():
+            out.setdefault(tag, {k: 0 for k in STAT_KEYS})["prompt_truncations"] = n
+        return out
 
     def reset_stats(self) -> None:
         with self._lock:

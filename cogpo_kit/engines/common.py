@@ -59,6 +59,12 @@ def check_request(index: int, request: Request) -> None:
             raise ValueError(f"{where}: field 'choices' must be a non-empty tuple of non-empty strings")
 
 
+def label_budget(request: Request) -> int:
+    """Token budget of a label answer without a tokenizer: room for the longest choice and the end
+    token (a character is at most one token), at least ``max_tokens``; "mediu" is not an answer."""
+    return max(int(request.sampling.max_tokens), max(len(c) for c in request.choices or ("x",)) + 1)
+
+
 def apply_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """Cut ``text`` at the first stop string (which is not included); returns (text, stopped)."""
     cut = -1

@@ -36,6 +36,9 @@ class CacheConfig:
     """SQLite file; default ``<output_dir>/cache/responses.sqlite`` (shared by the runs there)."""
     clear: bool = False
     """Delete this engine's cached entries before the stage runs."""
+    retry_truncated: bool = True
+    """Ask again for completions cut at ``max_tokens`` (recorded as ``length``) instead of serving
+    them; ``false`` serves them from the cache, still marked ``length``."""
 
 
 @dataclass(frozen=True)

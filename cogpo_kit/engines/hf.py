@@ -192,7 +192,6 @@ class TransformersEngine:
 
         for g, (text, finish, n_new) in self._run_free(free):
             i, j = g.key
-            r = requests[i]
             emit(i, j, label_completion(text, finish, len(g.ids), n_new, None))
         # label requests: (thinking first, then) score the choices
         contexts: list[tuple[tuple[int, int], list[int], str, int]] = []

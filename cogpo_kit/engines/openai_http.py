@@ -23,13 +23,12 @@ import os
 import random
 import re
 import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Optional, Sequence
 
 from cogpo_kit.engines.base import Completion, ContextLengthError, EngineError, Request
 from cogpo_kit.engines.common import (choices_grammar, describe_request, error_completion,
-                                      label_completion, sample_seed)
+                                      label_budget, label_completion, sample_seed)
 from cogpo_kit.engines.config import EngineConfig
 
 RETRY_STATUS = {408, 409, 425, 429}
@@ -52,10 +51,6 @@ def flavor_from_models(payload: Any) -> str:
     if owners & {"llamacpp", "llama.cpp", "me"}:
         return "grammar"
     return "none"
-
-
-def label_budget(request: Request) -> int:
-    return max(int(request.sampling.max_tokens), max(len(c) for c in request.choices or ("x",)) + 1)
 
 
 def request_body(request: Request, index: int, config: EngineConfig, flavor: str, *, phase: int = 1,

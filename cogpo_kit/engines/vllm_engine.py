@@ -20,13 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from cogpo_kit.engines.base import Completion, ContextLengthError, EngineError, Request
-from cogpo_kit.engines.common import describe_request, label_completion, sample_seed
+from cogpo_kit.engines.common import describe_request, label_budget, label_completion, sample_seed
 from cogpo_kit.engines.config import EngineConfig
-
-
-def label_budget(request: Request) -> int:
-    """Token budget of a label answer: enough for the longest choice (a char is at least a token)."""
-    return max(int(request.sampling.max_tokens), max(len(c) for c in request.choices or ("x",)) + 1)
 
 
 def sampling_kwargs(request: Request, index: int, *, max_tokens: Optional[int] = None,
