@@ -14,7 +14,7 @@ settings (T=0.7, top_p=0.9, top_k=50) with the same seeds. Measured in one run, 
 Throughput is completion tokens over wall time (prompt processing included); the ratio is against
 the naive baseline of the same run. The table goes to ``benchmarks/results/engines.md``.
 
-    python benchmarks/engines.py                       # 16 prompts, max_tokens 96
+    python benchmarks/engines.py                       # 16 prompts, max_tokens 256
     python benchmarks/engines.py --max-tokens 48 --skip openai
 """
 
@@ -99,7 +99,7 @@ def naive(reqs: list[Request], threads: int) -> list:
                                      top_p=r.sampling.top_p, top_k=r.sampling.top_k,
                                      max_new_tokens=r.sampling.max_tokens, pad_token_id=tok.pad_token_id)
             new = gen[0, ids["input_ids"].shape[1]:]
-            n_new = int((new != tok.pad_token_id).sum()) + int(tok.eos_token_id in new.tolist())
+            n_new = int((new != tok.pad_token_id).sum())  # the end-of-turn token is not counted
             out.append([Completion(text=tok.decode(new, skip_special_tokens=True), completion_tokens=n_new)])
         return out
 
@@ -131,10 +131,34 @@ def start_server(threads: int):
     raise RuntimeError("llama.cpp server did not start")
 
 
+def render(meta: dict, rows: list[dict]) -> str:
+    """The markdown table (ratios against the naive row of the same run)."""
+    base = next((r["tok_s"] for r in rows if r["backend"].startswith("naive")), None)
+    lines = ["# Inference engines: completion tokens per second (CPU)", "",
+             f"{meta['prompts']} chat prompts (the paper's Critic/Rethinker prompts on the first {meta['prompts']} "
+             f"GSM8K-train CoTs), T=0.7 top_p=0.9 top_k=50, max_tokens={meta['max_tokens']}; model {DEFAULT_MODEL}; "
+             f"{meta['threads']} threads per back end; {meta['cpu']}; measured one after the other in one run "
+             f"({meta['date']}). Throughput = completion tokens / wall time, prompt processing included. The "
+             "machine is shared with other jobs: `load` is the 1-minute load average at the start of each "
+             "measurement.", "",
+             "| back end | requests | completion tokens | wall s | tokens/s | × naive | load |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["wall_s"] < 1:  # served from the cache: no generation at all
+            lines.append(f"| {r['backend']} | {r['requests']} | {r['completion_tokens']} | {r['wall_s']:.3f} | "
+                         f"(all cache hits) | | {r['load']:.1f} |")
+            continue
+        ratio = f"{r['tok_s'] / base:.1f}×" if base else "n/a"
+        lines.append(f"| {r['backend']} | {r['requests']} | {r['completion_tokens']} | {r['wall_s']:.1f} | "
+                     f"{r['tok_s']:.1f} | {ratio} | {r['load']:.1f} |")
+    lines += ["", f"Command: `{meta['command']}`", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for every back end (0: all cores)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["naive", "transformers", "openai"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engines.md"))
@@ -151,11 +175,15 @@ def main(argv=None) -> int:
                                         cache=off))
         rows.append(timed("transformers engine (batch 16)", lambda: eng.generate(reqs)))
         eng.close()
-    eng = build_engine(EngineConfig(engine="llamacpp", threads=threads, batch_size=16, context_length=8192,
-                                    cache=CacheConfig(retry_truncated=False)),  # serve the cut ones too
-                       cache_path=str(work / "cache.sqlite"))
-    rows.append(timed("llamacpp engine (continuous batching, 16 sequences)", lambda: eng.generate(reqs)))
+    llama = EngineConfig(engine="llamacpp", threads=threads, batch_size=16, context_length=2048,
+                         cache=CacheConfig(retry_truncated=False))  # the cache serves the cut ones too
+    eng = build_engine(llama, cache_path=str(work / "cache.sqlite"))
+    rows.append(timed(f"llamacpp engine, the agents' default (16 sequences batched; weights {eng.backend.weights})",
+                      lambda: eng.generate(reqs)))
     cached = timed("llamacpp engine, same batch from the response cache", lambda: eng.generate(reqs))
+    eng.close()
+    eng = build_engine(replace(llama, gguf_weights="as_is"), cache_path=str(work / "cache.sqlite"))
+    rows.append(timed("llamacpp engine (16 sequences batched; Q4_1 weights as shipped)", lambda: eng.generate(reqs)))
     eng.close()
     if "openai" not in args.skip:
         proc, url = start_server(threads)
@@ -168,26 +196,14 @@ def main(argv=None) -> int:
             proc.kill()
             proc.wait()
     rows.append(cached)
-    base = rows[0]["tok_s"] if rows and rows[0]["backend"].startswith("naive") else None
-    lines = ["# Inference engines: completion tokens per second (CPU)", "",
-             f"{len(reqs)} chat prompts (the paper's Critic/Rethinker prompts on the first {len(reqs)} GSM8K-train "
-             f"CoTs), T=0.7 top_p=0.9 top_k=50, max_tokens={args.max_tokens}; model {DEFAULT_MODEL}; "
-             f"{threads} threads per back end; {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores; measured one after the other in one run "
-             f"({time.strftime('%Y-%m-%d %H:%M')}). Throughput = completion tokens / wall time, prompt "
-             "processing included. The machine is shared: `load` is the 1-minute load average at the start "
-             "of each measurement.", "",
-             "| back end | requests | completion tokens | wall s | tokens/s | × naive | load |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        ratio = f"{r['tok_s'] / base:.1f}×" if base else "n/a"
-        lines.append(f"| {r['backend']} | {r['requests']} | {r['completion_tokens']} | {r['wall_s']:.1f} | "
-                     f"{r['tok_s']:.1f} | {ratio} | {r['load']:.1f} |")
-    lines += ["", "Command: `python benchmarks/engines.py " + " ".join(argv or sys.argv[1:]) + "`", ""]
+    meta = {"prompts": len(reqs), "max_tokens": args.max_tokens, "threads": threads,
+            "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python benchmarks/engines.py"] + (argv or sys.argv[1:]))}
     out = Path(args.out)
-    atomic_write_text(out, "\n".join(lines))
-    atomic_write_json(out.with_suffix(".json"), {"rows": rows, "max_tokens": args.max_tokens, "threads": threads})
-    print("\n".join(lines))
+    atomic_write_json(out.with_suffix(".json"), {"meta": meta, "rows": rows})
+    text = render(meta, rows)
+    atomic_write_text(out, text)
+    print(text)
     return 0
 
 

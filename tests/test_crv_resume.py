@@ -29,10 +29,12 @@ pytestmark = pytest.mark.slow
 
 
 def _engine_overrides() -> list[str]:
+    # a completion cut at max_tokens is a finished call: the cache must serve it (retry_truncated: false)
+    cache = "cache: {retry_truncated: false}"
     if importlib.util.find_spec("llama_cpp") is not None:
-        eng = "{engine: llamacpp, model: 'embedded:smollm2-135m-instruct', context_length: 1024, batch_size: 8}"
+        eng = f"{{engine: llamacpp, model: 'embedded:smollm2-135m-instruct', context_length: 1024, batch_size: 8, {cache}}}"
     else:
-        eng = "{engine: transformers, model: 'tiny:llama', context_length: 1024, batch_size: 8}"
+        eng = f"{{engine: transformers, model: 'tiny:llama', context_length: 1024, batch_size: 8, {cache}}}"
     return [f"crv.critic.engine={eng}", f"crv.verifier.engine={eng}", f"crv.rethinker.engine={eng}"]
 
 

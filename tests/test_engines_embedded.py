@@ -72,6 +72,7 @@ def llama(tmp_path_factory):
 
 
 def test_llamacpp_labels_always_choices_with_sampling(llama):
+    assert llama.backend.weights == "f32" and llama.model_id.endswith("|f32")  # Q4_1 converted once (auto)
     out = llama.generate(critic_requests(3, 4) + verifier_requests(1, 3))
     critic = [c for row in out[:3] for c in row]
     assert len(critic) == 12 and all(c.choice in LEVELS and c.text == c.choice for c in critic)
@@ -97,6 +98,9 @@ def test_llamacpp_free_text_stop_length_and_determinism(llama):
     assert a[1][0].finish_reason == "length" and a[1][0].completion_tokens == 3
     stop = base.generate([Request(messages=msgs, sampling=replace(sp, stop=("\n",)))])[0][0]
     assert "\n" not in stop.text and stop.finish_reason == "stop"
+    # each sequence has its own KV stream and seed: a sample does not depend on its batch
+    alone = base.generate([Request(messages=msgs, sampling=sp, n=1, sample_offset=1)])[0][0]
+    assert alone.text == a[0][1].text
 
 
 def test_llamacpp_thinking_then_constrained_label(llama):

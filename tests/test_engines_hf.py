@@ -40,7 +40,7 @@ def test_batched_free_text_with_counts(engine):
         for c in row:
             assert c.finish_reason in ("stop", "length", "empty")
             assert c.prompt_tokens == len(engine.prompt_ids(msgs(k)))
-            assert 1 <= c.completion_tokens <= 6
+            assert 0 <= c.completion_tokens <= 6
 
 
 def test_samples_follow_their_own_seed_whatever_the_batch(engine):

@@ -60,6 +60,14 @@ class EngineConfig:
     batch_size: int = 16
     """Requests generated together (transformers) or in flight together (llama.cpp: sequences per
     batch)."""
+    gguf_weights: Literal["auto", "as_is", "f32", "f16", "q8_0"] = "auto"
+    """llama.cpp: the GGUF's weights as stored, or converted once (cached) to ``f32`` (the exact
+    dequantized weights, as the transformers engine has them), ``f16`` or ``q8_0``. ``auto``:
+    ``f32`` for models under 1B parameters stored as Q4_1/Q5_1 (llama.cpp has no fast batched CPU
+    kernels for those: the embedded model ran 1.6x faster so), else as stored."""
+    kv_cache_mb: int = 1024
+    """llama.cpp: memory for the KV caches of the parallel sequences (each holds ``context_length``
+    tokens); fewer than ``batch_size`` sequences run together when they would not fit."""
     device: str = "auto"
     """transformers: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``."""
     dtype: str = "auto"

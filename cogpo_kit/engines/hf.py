@@ -208,7 +208,7 @@ class TransformersEngine:
             samples = range(r.n) if j < 0 else [j]
             for jj in samples:
                 label = self._pick(r, logps, sample_seed(r.sampling.seed, r.sample_offset + jj))
-                n_tok = len(self._encode(label)) + 1 + ctx[3]
+                n_tok = len(self._encode(label)) + ctx[3]
                 emit(i, jj, label_completion(ctx[2] + label, "stop", len(prompts[i]), n_tok, r.choices, think,
                                              constrained=True))
         return [[c for c in row] for row in results]  # type: ignore[misc]
@@ -258,7 +258,7 @@ class TransformersEngine:
                     text = self.tok.decode(new, skip_special_tokens=True)
                     text, hit = apply_stop(text, stops)
                     finish = "stop" if (ended or hit) else ("length" if len(new) >= max_new else "stop")
-                    yield g, (text, finish, len(new) + (1 if ended else 0))
+                    yield g, (text, finish, len(new))  # the end-of-turn token is not counted
 
     def _score_all(self, contexts, requests: list[Request]):
         """Yield (key, [log p(choice + end of turn | context) for each choice])."""

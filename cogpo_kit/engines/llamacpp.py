@@ -1,11 +1,12 @@
 """llama.cpp back end (llama-cpp-python): the embedded CPU default for the agents.
 
-All samples of a batch run together in one llama.cpp context with a unified KV cache: up to
-``batch_size`` sequences decode in each step (continuous batching: a finished sequence's slot
+All samples of a batch run together in one llama.cpp context, each sequence in its own KV stream
+of ``context_length`` tokens: up to ``batch_size`` sequences (fewer when their streams would
+exceed ``kv_cache_mb``) decode in each step (continuous batching: a finished sequence's slot
 takes the next waiting sample at once, its prompt fed in the same step as the others' next
-tokens). Prompts share KV cells: a prompt starting like one already in the batch (the other
-samples of a request, the other requests of an agent with the same system prompt) evaluates only
-what differs. The
+tokens). Prompts share their evaluated prefix: a prompt starting like one in the batch or the
+last finished one (the other samples of a request, the other requests of an agent with the same
+system prompt) copies that prefix's KV cells and evaluates only what differs. The
 prompt is the model's own chat template from the GGUF file (the template llama-cpp-python's
 ``create_chat_completion`` applies). Each sample has its own sampler chain and seed (derived from
 the request's seed and the sample index), so a sample does not depend on what else is in the
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,39 +27,10 @@ from cogpo_kit.engines.base import Completion, EngineError, Request
 from cogpo_kit.engines.common import (apply_stop, choices_grammar, cpu_threads, describe_request,
                                       fit_prompt, label_completion, sample_seed)
 from cogpo_kit.engines.config import EngineConfig
+from cogpo_kit.engines.llamacpp_model import auto_weights, converted_gguf, model_params
 
 N_BATCH = 512
 MIN_SHARE = 8
-
-
-def use_extra_buffers() -> bool:
-    """Whether llama.cpp may use its extra CPU buffer types (AMX / weight repacking).
-
-    Some containers report AMX in the CPU flags without enabling its register state, and
-    llama.cpp's AMX kernels then die with SIGILL. They are switched off where the CPU reports
-    AMX, unless ``COGPO_LLAMA_EXTRA_BUFTS=1`` (``=0`` switches them off everywhere).
-    """
-    env = os.environ.get("COGPO_LLAMA_EXTRA_BUFTS")
-    if env is not None:
-        return env.strip() == "1"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return "amx_tile" not in line.split()
-    except OSError:
-        pass
-    return True
-
-
-def model_params():
-    """llama.cpp model parameters with :func:`use_extra_buffers` applied."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_default_params()
-    if hasattr(params, "use_extra_bufts"):
-        params.use_extra_bufts = use_extra_buffers()
-    return params
 
 
 @dataclass
@@ -81,7 +52,6 @@ class _Seq:
     pos: int
     sampler: object
     phase: int  # 1: free text (thinking or answer); 2: constrained label after thinking
-    reserve: int
     out: bytearray = field(default_factory=bytearray)
     n_phase: int = 0
     n_total: int = 0
@@ -127,23 +97,34 @@ class LlamaCppEngine:
             raise EngineError(f"llamacpp: model '{config.model}' has no GGUF file; use a .gguf file, "
                               "the embedded model, or another engine (transformers, vllm)")
         self.config = config
-        self.model_id = f"llamacpp:{res.identity}"
+
         self.logger = logging.getLogger("cogpo_kit.engines.llamacpp")
         self.prompt_truncations: dict[str, int] = {}
         self._llama = llama_cpp
         self._lock = threading.Lock()
         self._model = internals.LlamaModel(path_model=res.gguf_path, params=model_params(), verbose=False)
+        self.weights = auto_weights(self._model) if config.gguf_weights == "auto" else config.gguf_weights
+        if self.weights != "as_is":
+            gguf = converted_gguf(res.gguf_path, self.weights)
+            self._model.close()
+            self._model = internals.LlamaModel(path_model=gguf, params=model_params(), verbose=False)
+        self.model_id = f"llamacpp:{res.identity}" + ("" if self.weights == "as_is" else f"|{self.weights}")
         self.n_ctx = int(config.context_length)
-        self.n_parallel = max(1, int(config.batch_size))
+        self.n_parallel = self._parallel(config)
+        if self.n_parallel < config.batch_size:
+            self.logger.info("llamacpp: %d sequences in parallel (KV cache of %d MB for %d-token contexts)",
+                             self.n_parallel, config.kv_cache_mb, self.n_ctx)
         cp = llama_cpp.llama_context_default_params()
-        cp.n_ctx = self.n_ctx
+        cp.n_seq_max = self.n_parallel + 1  # one more: the last finished prompt, kept for reuse
+        cp.n_ctx = self.n_ctx * cp.n_seq_max
         cp.n_batch = N_BATCH
         cp.n_ubatch = N_BATCH
-        cp.n_seq_max = self.n_parallel + 1  # one more: the last finished prompt, kept for reuse
-        cp.kv_unified = True
+        cp.kv_unified = False  # one KV stream per sequence: attention only over its own cells
+        cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # faster here on CPU, as create_chat_completion
         cp.n_threads = cp.n_threads_batch = cpu_threads(config.threads)
         cp.no_perf = True
         self._ctx = internals.LlamaContext(model=self._model, params=cp, verbose=False)
+        self.n_ctx = min(self.n_ctx, int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx)))
         self._batch = internals.LlamaBatch(n_tokens=N_BATCH, embd=0, n_seq_max=1, verbose=False)
         self._vocab = self._model.vocab
         meta = self._model.metadata()
@@ -157,6 +138,14 @@ class LlamaCppEngine:
         self._internals = internals
         self._piece = ctypes.create_string_buffer(256)
         self._kept = _Kept(slot=self.n_parallel)
+
+    def _parallel(self, config: EngineConfig) -> int:
+        """Sequences decoded together: ``batch_size``, fewer if their KV streams exceed ``kv_cache_mb``."""
+        llama, model = self._llama, self._model.model
+        n_embd, n_head = llama.llama_model_n_embd(model), max(1, llama.llama_model_n_head(model))
+        per_token = 2 * llama.llama_model_n_layer(model) * (n_embd // n_head) * llama.llama_model_n_head_kv(model) * 2
+        fit = int(config.kv_cache_mb) * 2**20 // max(1, per_token * int(config.context_length)) - 1
+        return max(1, min(int(config.batch_size), fit))
 
     # -- tokens ---------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
@@ -229,7 +218,6 @@ class LlamaCppEngine:
         free = list(range(self.n_parallel))[::-1]
         kept = self._kept  # the last finished prompt of earlier batches is reused too
         active: list[_Seq] = []
-        reserved = len(self._kept.prompt)
         think = self.config.thinking_end
 
         def start(job: _Job, slot: int, leader: Optional[_Seq], share: int) -> _Seq:
@@ -237,9 +225,8 @@ class LlamaCppEngine:
             constrained_now = r.choices is not None and not think
             grammar = choices_grammar(r.choices) if constrained_now else None
             llama.llama_memory_seq_rm(mem, slot, -1, -1)
-            reserve = job.max_new + len(job.prompt)  # shared cells stay in use after the leader ends
             return _Seq(job=job, slot=slot, feed=list(job.prompt[share:]), pos=share,
-                        sampler=self._sampler(r, job.seed, grammar), phase=1, reserve=reserve,
+                        sampler=self._sampler(r, job.seed, grammar), phase=1,
                         leader=leader, share=share)
 
         def best_source(job: _Job) -> tuple[Optional[_Seq], int]:
@@ -256,27 +243,24 @@ class LlamaCppEngine:
             return (best, best_n) if best_n >= MIN_SHARE else (None, 0)
 
         def link_ready() -> None:
-            """Copy shared prefixes whose leader has evaluated them (KV cells are shared, not copied)."""
+            """Give waiting sequences the prefix their leader has evaluated by now."""
             for s in active:
                 if s.leader is not None and s.leader.leader is None and s.leader.pos >= s.share:
-                    llama.llama_memory_seq_cp(mem, s.leader.slot, s.slot, 0, s.share)
+                    llama.llama_memory_seq_cp(mem, s.leader.slot, s.slot, -1, -1)  # streams copy whole
+                    llama.llama_memory_seq_rm(mem, s.slot, s.share, -1)
                     s.leader = None
 
         def keep(seq: _Seq) -> None:
-            """Keep a finished prompt's KV cells (shared, not copied) for the prompts still to come."""
-            nonlocal reserved
+            """Keep a finished prompt's KV cells for the prompts still to come (this batch or the next)."""
             prompt = seq.job.prompt
             if prompt == kept.prompt:
                 return
-            if reserved - len(kept.prompt) + len(prompt) > self.n_ctx:
-                return
             llama.llama_memory_seq_rm(mem, kept.slot, -1, -1)
-            llama.llama_memory_seq_cp(mem, seq.slot, kept.slot, 0, len(prompt))
-            reserved += len(prompt) - len(kept.prompt)
+            llama.llama_memory_seq_cp(mem, seq.slot, kept.slot, -1, -1)
+            llama.llama_memory_seq_rm(mem, kept.slot, len(prompt), -1)
             kept.prompt, kept.pos = prompt, len(prompt)
 
         def finish(seq: _Seq, reason: str, text: str) -> None:
-            nonlocal reserved
             job, r = seq.job, seq.job.req
             if seq.phase == 1 and r.choices is not None and think:  # thinking done: now the label
                 seq.prefix = text + think
@@ -296,7 +280,6 @@ class LlamaCppEngine:
             active.remove(seq)
             llama.llama_memory_seq_rm(mem, seq.slot, -1, -1)
             free.append(seq.slot)
-            reserved -= seq.reserve
             if on_result is not None:
                 on_result(job.sub, job.j, c)
 
@@ -329,12 +312,8 @@ class LlamaCppEngine:
             while pending and free:
                 job = pending[0]
                 leader, share = best_source(job)
-                need = job.max_new + len(job.prompt)
-                if active and reserved + need > self.n_ctx:
-                    break
                 pending.popleft()
                 active.append(start(job, free.pop(), leader, share))
-                reserved += need
             link_ready()
             n = 0
             to_sample: list[tuple[_Seq, int]] = []

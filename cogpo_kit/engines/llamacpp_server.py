@@ -12,7 +12,7 @@ from __future__ import annotations
 def main() -> None:
     import llama_cpp.llama as llama_module
 
-    from cogpo_kit.engines.llamacpp import use_extra_buffers
+    from cogpo_kit.engines.llamacpp_model import use_extra_buffers
 
     lib = llama_module.llama_cpp  # the ctypes bindings module llama_cpp.Llama reads its defaults from
     default_params = lib.llama_model_default_params
