@@ -32,11 +32,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP threads must not spin on a shared CPU
 os.environ.setdefault("COGPO_NO_PROGRESS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cogpo_kit.engines.common import openmp_defaults  # noqa: E402
+
+openmp_defaults()  # before torch or llama.cpp loads OpenMP: the same waiting for every back end
 
 from cogpo_kit.crv.prompts import build_messages  # noqa: E402
 from cogpo_kit.engines import build_engine  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,21 @@ def test_engines_package_imports_no_backend():
             "print(sorted(m for m in ('torch', 'llama_cpp', 'vllm', 'httpx', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_openmp_defaults_short_spin_unless_the_user_chose(monkeypatch):
+    from cogpo_kit.engines.common import SPIN_COUNT, openmp_defaults
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    openmp_defaults()
+    assert os.environ["GOMP_SPINCOUNT"] == SPIN_COUNT
+
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    openmp_defaults()
+    assert os.environ["GOMP_SPINCOUNT"] == "5"  # the user's value wins
+
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    openmp_defaults()
+    assert "GOMP_SPINCOUNT" not in os.environ  # a chosen wait policy is left alone

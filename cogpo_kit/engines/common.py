@@ -30,6 +30,22 @@ def cpu_threads(requested: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+SPIN_COUNT = "300"
+
+
+def openmp_defaults() -> None:
+    """Short OpenMP spin-waiting, set before llama.cpp (or torch) loads its OpenMP runtime.
+
+    OpenMP threads that spin while waiting starve each other on a busy CPU (a 20x slowdown on 2
+    shared cores with the default spinning); purely passive waiting costs ~14% when the CPU is
+    free. A spin of 300 iterations before sleeping matched passive waiting under load and came
+    within 4% of active waiting on a free CPU (``benchmarks/results/engines.md``). Values the
+    user set (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) win.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+
+
 def describe_request(index: int, request: Request, limit: int = 60) -> str:
     """A short human description of a request for error messages (index, tag, start of last message)."""
     last = request.messages[-1].get("content", "") if request.messages else ""

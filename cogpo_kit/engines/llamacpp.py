@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from cogpo_kit.engines.base import Completion, EngineError, Request
 from cogpo_kit.engines.common import (apply_stop, choices_grammar, cpu_threads, describe_request,
-                                      fit_prompt, label_completion, sample_seed)
+                                      fit_prompt, label_completion, openmp_defaults, sample_seed)
 from cogpo_kit.engines.config import EngineConfig
 from cogpo_kit.engines.llamacpp_model import auto_weights, converted_gguf, model_params
 
@@ -84,10 +83,7 @@ class LlamaCppEngine:
     streams_results = True
 
     def __init__(self, config: EngineConfig):
-        # OpenMP threads that spin while waiting starve each other on a busy CPU (a 20x slowdown
-        # on 2 shared cores); passive waiting costs nothing measurable when the CPU is free. It
-        # must be set before the library loads; a value the user set wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        openmp_defaults()  # before the library loads
         try:
             import llama_cpp
             from llama_cpp import _internals as internals
@@ -143,6 +139,9 @@ class LlamaCppEngine:
         self._internals = internals
         self._piece = ctypes.create_string_buffer(256)
         self._kept = _Kept(slot=self.n_parallel)
+        self.decoded_tokens = 0
+        """Tokens sent through the model so far (prompt tokens not shared from another prompt's KV cells,
+        plus generated tokens): the compute actually paid, for benchmarks."""
 
     def _parallel(self, config: EngineConfig) -> int:
         """Sequences decoded together: ``batch_size``, fewer if their KV streams exceed ``kv_cache_mb``."""
@@ -342,6 +341,7 @@ class LlamaCppEngine:
                 raise EngineError("llamacpp: internal scheduling error (nothing to decode)")
             batch.n_tokens = n
             rc = llama.llama_decode(self._ctx.ctx, batch)
+            self.decoded_tokens += n
             if rc != 0:
                 raise EngineError(f"llamacpp: llama_decode returned {rc} with {len(active)} sequences "
                                   f"(context {self.n_ctx} tokens); lower batch_size or raise context_length")

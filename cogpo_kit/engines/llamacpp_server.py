@@ -10,9 +10,9 @@ from __future__ import annotations
 
 
 def main() -> None:
-    import os
+    from cogpo_kit.engines.common import openmp_defaults
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see LlamaCppEngine.__init__
+    openmp_defaults()  # before the library loads
     import llama_cpp.llama as llama_module
 
     from cogpo_kit.engines.llamacpp_model import use_extra_buffers
