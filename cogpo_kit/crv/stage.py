@@ -254,8 +254,9 @@ def _rethink_notes(stage, funnel: dict, crv) -> None:
     n = funnel["examples"]
     found = funnel["incorrect"]["found"]
     if n and found < n:
-        stage.note(f"no incorrect CoT for {n - found} of {n} examples after {crv.incorrect_max_attempts} attempts "
-                   f"({funnel['incorrect']['failed']}).")
+        why = ", ".join(f"{reason}: {count}" for reason, count in sorted(funnel["incorrect"]["failed"].items()))
+        stage.note(f"no incorrect CoT for {n - found} of {n} examples within crv.incorrect_max_attempts="
+                   f"{crv.incorrect_max_attempts} (examples by reason: {why}).")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
