@@ -77,3 +77,18 @@ def test_paired_comparison_flags_noise_on_aime_sized_sets():
     assert cmp["within_noise"] is False and cmp["mcnemar_p"] < 1e-6
     with pytest.raises(ValueError):
         paired_comparison({"x": 1.0}, {"y": 1.0})
+
+
+def test_comparison_csv_prints_no_negative_zero():
+    from cogpo_kit.evaluation.comparison import build_comparison, comparison_csv
+
+    summary = {"score": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 3}
+    better = {"score": 33.3, "ci_low": 0.0, "ci_high": 100.0, "n": 3}
+    results = {"zero_shot": {"gsm8k": summary}, "sft": {"gsm8k": summary}, "cogpo": {"gsm8k": better}}
+    scores = {"zero_shot": {"gsm8k": {"a": 0.0, "b": 0.0, "c": 0.0}},
+              "sft": {"gsm8k": {"a": 0.0, "b": 0.0, "c": 0.0}},
+              "cogpo": {"gsm8k": {"a": 1.0, "b": 0.0, "c": 0.0}}}
+    doc = build_comparison(results, scores, resamples=200, seed=0, reference="sft")
+    text = comparison_csv(doc)
+    assert "-0.0" not in text
+    assert "+0.0 [+0.0, +0.0] (noise)" in text  # zero_shot vs sft, listed as (sft, zero_shot): negated

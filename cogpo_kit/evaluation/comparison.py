@@ -73,8 +73,9 @@ def comparison_csv(doc: dict) -> str:
             if p is None:
                 line.append("")
                 continue
-            d, lo, hi = sign * p["diff"], sign * (p["ci_low"] if sign > 0 else p["ci_high"]), \
-                sign * (p["ci_high"] if sign > 0 else p["ci_low"])
+            # "+ 0.0" turns a negated zero (-0.0) into 0.0, so it prints as +0.0
+            d, lo, hi = sign * p["diff"] + 0.0, sign * (p["ci_low"] if sign > 0 else p["ci_high"]) + 0.0, \
+                sign * (p["ci_high"] if sign > 0 else p["ci_low"]) + 0.0
             line.append(f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" (noise)" if p["within_noise"] else ""))
         w.writerow(line)
     return buf.getvalue()
