@@ -59,3 +59,18 @@ def test_sft_loss_is_on_the_response_only(tmp_path):
     manual = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
                              ignore_index=-100)
     assert loss.item() == pytest.approx(manual.item(), rel=1e-4)
+
+
+def test_last_checkpoint_skips_and_removes_partial_checkpoints(tmp_path):
+    from cogpo_kit.training.common import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step in (1, 2, 3, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # cut while being written
+    (tmp_path / "checkpoint-3" / "model.safetensors").write_text("partial")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert not (tmp_path / "checkpoint-4").exists() and not (tmp_path / "checkpoint-3").exists()
+    assert (tmp_path / "checkpoint-1").exists()  # older complete checkpoints are kept

@@ -8,7 +8,10 @@ folder that exists is complete.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,12 +97,37 @@ def lora_config(lora: LoraParams):
                       target_modules=list(lora.target_modules), bias="none")
 
 
-def last_checkpoint(folder: str | Path) -> Optional[str]:
-    """The newest ``checkpoint-N`` folder under ``folder`` (``None`` if there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_DONE = "trainer_state.json"
+"""Written by the Trainer after the weights, optimizer and RNG states: a checkpoint without it is partial."""
 
+
+def last_checkpoint(folder: str | Path, logger: Optional[logging.Logger] = None) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` folder under ``folder`` (``None`` if there is none).
+
+    A run killed while the Trainer was writing a checkpoint leaves a folder without
+    ``trainer_state.json``; such partial folders newer than the chosen one are removed (and logged)
+    so that the resumed run writes that step again into a clean folder.
+    """
     folder = Path(folder)
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir():
+        return None
+    found = []
+    for sub in folder.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", sub.name)
+        if m and sub.is_dir():
+            found.append((int(m.group(1)), sub))
+    for _step, sub in sorted(found, reverse=True):
+        try:
+            json.loads((sub / CHECKPOINT_DONE).read_text(encoding="utf-8"))
+            return str(sub)
+        except (OSError, ValueError):
+            pass
+        if is_main_process():  # every process picks the same checkpoint; one of them cleans up
+            (logger or logging.getLogger(__name__)).warning(
+                "removing partial checkpoint %s (no readable %s: the run was stopped while writing it)",
+                sub, CHECKPOINT_DONE)
+            shutil.rmtree(sub, ignore_errors=True)
+    return None
 
 
 def load_model(path: str, *, bf16: bool = False):

@@ -102,7 +102,7 @@ def train_preference(spec: MethodSpec, pairs: list[dict], *, init_path: str, pre
     t0 = time.time()
     trainer = build_trainer(spec, pairs, init_path=init_path, pref=pref, out_dir=out_dir)
     setup = time.time() - t0
-    resume = last_checkpoint(out_dir / "checkpoints")
+    resume = last_checkpoint(out_dir / "checkpoints", log)
     if resume:
         log.info("%s: resuming from %s", spec.name, resume)
     t1 = time.time()

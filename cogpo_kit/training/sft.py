@@ -60,7 +60,7 @@ def train_sft(rows: list[dict], *, base_path: str, params: SFTParams, out_dir: s
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok,
                          peft_config=lora_config(params.lora))
-    resume = last_checkpoint(ckpt_dir)
+    resume = last_checkpoint(ckpt_dir, log)
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.time()
