@@ -40,6 +40,13 @@ PATHOLOGICAL = [("\\boxed{9^{9^{9}}}", "5"), ("5", "9^{9^{9}}"), ("\\boxed{(10^{
                 ("\\boxed{10^{10^{10}}}", "7"), ("\\boxed{2^{2^{40}}}", "3")]
 
 
+def timed(fn):
+    """``(fn(), seconds)``."""
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
 def mv_grade(pred: str, gold: str) -> bool:
     from math_verify import parse, verify
 
@@ -152,12 +159,8 @@ def main() -> int:
     for label, work in (("1819 solutions: 500 MATH-500 reference solutions + 1319 GSM8K worked solutions "
                          "ending 'The answer is N'", solutions),
                         (f"{len(suites)} test-suite cases (hard, symbolic)", suites)):
-        t = time.perf_counter()
-        mine_res = grader.check_many(work)
-        mine_s = time.perf_counter() - t
-        t = time.perf_counter()
-        base_res = [mv_grade(p, g) for p, g in work]
-        base_s = time.perf_counter() - t
+        mine_res, mine_s = timed(lambda: grader.check_many(work))
+        base_res, base_s = timed(lambda: [mv_grade(p, g) for p, g in work])
         agree += sum(r.correct == b for r, b in zip(mine_res, base_res))
         methods.update(r.method for r in mine_res)
         lines.append(f"| {label} | {len(work)} | {mine_s:.1f} ({len(work) / mine_s:.0f}/s) | "
@@ -170,15 +173,9 @@ def main() -> int:
 
     # ---- timeout path -------------------------------------------------------------------------
     restarts0, timeouts0 = grader.restarts, grader.timeouts
-    t = time.perf_counter()
-    tres = grader.check_many(PATHOLOGICAL)
-    tm = time.perf_counter() - t
-    t = time.perf_counter()
-    tb = [mv_grade(p, g) for p, g in PATHOLOGICAL]
-    tbs = time.perf_counter() - t
-    t = time.perf_counter()
-    after = grader.check("\\boxed{72}", "72")
-    after_s = time.perf_counter() - t
+    tres, tm = timed(lambda: grader.check_many(PATHOLOGICAL))
+    tb, tbs = timed(lambda: [mv_grade(p, g) for p, g in PATHOLOGICAL])
+    after, after_s = timed(lambda: grader.check("\\boxed{72}", "72"))
     lines += ["", "## Timeout path", "",
               f"{len(PATHOLOGICAL)} answers that make SymPy compute for ever (`9^{{9^{{9}}}}`, `(10^{{100000}})!`, ...):", "",
               "| grader | seconds | all graded wrong | notes |", "|---|---:|---|---|",

@@ -59,7 +59,7 @@ def _command(out: Path) -> list[str]:
 
 
 def _env() -> dict:
-    return dict(os.environ, COGPO_NO_PROGRESS="1", GOMP_SPINCOUNT="300")
+    return dict(os.environ, COGPO_NO_PROGRESS="1")
 
 
 def _cache_rows(out: Path) -> tuple[int, int]:

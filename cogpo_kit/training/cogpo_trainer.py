@@ -243,9 +243,11 @@ class CogPOTrainer(DPOTrainer):
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         path = resume_from_checkpoint
         if path is True:
-            from transformers.trainer_utils import get_last_checkpoint
+            from cogpo_kit.training.common import last_checkpoint  # skips checkpoints cut by a kill
 
-            path = get_last_checkpoint(self.args.output_dir)
+            path = resume_from_checkpoint = last_checkpoint(self.args.output_dir)
+            if path is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
         if isinstance(path, (str, os.PathLike)) and os.path.exists(os.path.join(path, STATE_FILE)):
             with open(os.path.join(path, STATE_FILE), encoding="utf-8") as fh:
                 state = json.load(fh)
