@@ -10,7 +10,7 @@ import pytest
 
 from cogpo_kit.engines import build_engine
 from cogpo_kit.engines.base import ContextLengthError, Request
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import CacheConfig, EngineConfig, SamplingConfig
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp")
@@ -144,4 +144,22 @@ def test_transformers_labels_always_choices_with_sampling(tmp_path):
     free = eng.generate([Request(messages=({"role": "user", "content": "Say hello."},),
                                  sampling=SamplingConfig(temperature=0.0, max_tokens=8))])[0][0]
     assert free.text.strip() and free.completion_tokens <= 8
+    eng.close()
+
+
+def test_llamacpp_sequences_moved_to_close_gaps_continue_unchanged(tmp_path):
+    """A sequence moved to a lower slot (its KV stream copied) goes on exactly as it would alone."""
+    eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=3, cache=CacheConfig(enabled=False)),
+                       cache_path=str(tmp_path / "c.sqlite"))
+    msgs = ({"role": "user", "content": "Write a short story about a lighthouse keeper."},)
+    sp = SamplingConfig(temperature=0.8, seed=11)
+    # slots 0-2 take requests 0-2; 0 and 2 finish first and 3, 4 take their slots; then 1 finishes
+    # and leaves a gap below request 4, which moves down while it is still generating
+    lengths = (2, 24, 3, 40, 40)
+    reqs = [Request(messages=msgs, sampling=replace(sp, max_tokens=m, seed=11 + i)) for i, m in enumerate(lengths)]
+    together = eng.backend.generate(reqs)
+    assert eng.backend.slot_moves >= 1
+    for i, r in enumerate(reqs):
+        alone = eng.backend.generate([r])[0][0]
+        assert alone.text == together[i][0].text, f"request {i}"
     eng.close()

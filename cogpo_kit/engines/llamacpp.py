@@ -4,9 +4,11 @@ All samples of a batch run together in one llama.cpp context, each sequence in i
 of ``context_length`` tokens: up to ``batch_size`` sequences (fewer when their streams would
 exceed ``kv_cache_mb``) decode in each step (continuous batching: a finished sequence's slot
 takes the next waiting sample at once, its prompt fed in the same step as the others' next
-tokens). Prompts share their evaluated prefix: a prompt starting like one in the batch or the
-last finished one (the other samples of a request, the other requests of an agent with the same
-system prompt) copies that prefix's KV cells and evaluates only what differs. The
+tokens). Active sequences are kept in contiguous slots: llama.cpp attends over every KV stream
+between a batch's lowest and highest slot, so the gap a finished sequence leaves is filled by moving
+the highest one down. Prompts share their evaluated prefix: a prompt starting like one in the batch
+or the last finished one (the other samples of a request, the other requests of an agent with the
+same system prompt) copies that prefix's KV cells and evaluates only what differs. The
 prompt is the model's own chat template from the GGUF file (the template llama-cpp-python's
 ``create_chat_completion`` applies). Each sample has its own sampler chain and seed (derived from
 the request's seed and the sample index), so a sample does not depend on what else is in the
@@ -142,6 +144,8 @@ class LlamaCppEngine:
         self.decoded_tokens = 0
         """Tokens sent through the model so far (prompt tokens not shared from another prompt's KV cells,
         plus generated tokens): the compute actually paid, for benchmarks."""
+        self.slot_moves = 0
+        """Sequences moved to a lower KV stream to keep the active streams contiguous."""
 
     def _parallel(self, config: EngineConfig) -> int:
         """Sequences decoded together: ``batch_size``, fewer if their KV streams exceed ``kv_cache_mb``."""
@@ -246,6 +250,26 @@ class LlamaCppEngine:
                     best, best_n = s, n
             return (best, best_n) if best_n >= MIN_SHARE else (None, 0)
 
+        def compact() -> None:
+            """Move the sequences in the highest slots into the free lower ones.
+
+            llama.cpp attends over every KV stream from the lowest to the highest slot of a batch, used
+            or not, so a batch on slots 0, 2, ..., 16 costs several times one on slots 0..8. Keeping the
+            active slots contiguous keeps each step's cost in proportion to the sequences it decodes.
+            """
+            k = len(active)
+            holes = sorted(slot for slot in free if slot < k)
+            movers = sorted((s for s in active if s.slot >= k), key=lambda s: -s.slot)
+            for seq, slot in zip(movers, holes):
+                free.remove(slot)
+                if seq.leader is None:  # it has cells: copy its stream down (done at the next decode)
+                    llama.llama_memory_seq_cp(mem, seq.slot, slot, -1, -1)
+                    llama.llama_memory_seq_rm(mem, seq.slot, -1, -1)
+                free.append(seq.slot)
+                seq.slot = slot
+                self.slot_moves += 1
+            free.sort(reverse=True)  # pop() takes the lowest free slot
+
         def link_ready() -> None:
             """Give waiting sequences the prefix their leader has evaluated by now."""
             for s in active:
@@ -284,6 +308,7 @@ class LlamaCppEngine:
             active.remove(seq)
             llama.llama_memory_seq_rm(mem, seq.slot, -1, -1)
             free.append(seq.slot)
+            free.sort(reverse=True)
             if on_result is not None:
                 on_result(job.sub, job.j, c)
 
@@ -318,6 +343,8 @@ class LlamaCppEngine:
                 leader, share = best_source(job)
                 pending.popleft()
                 active.append(start(job, free.pop(), leader, share))
+            if free:
+                compact()
             link_ready()
             n = 0
             to_sample: list[tuple[_Seq, int]] = []
