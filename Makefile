@@ -43,6 +43,7 @@ test-fast: install
 
 benchmarks: install
 	$(BIN)/python benchmarks/engines.py
+	$(BIN)/python benchmarks/kv_streams.py
 	$(BIN)/python benchmarks/crv.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/grading.py

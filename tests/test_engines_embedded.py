@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -163,3 +164,12 @@ def test_llamacpp_sequences_moved_to_close_gaps_continue_unchanged(tmp_path):
         alone = eng.backend.generate([r])[0][0]
         assert alone.text == together[i][0].text, f"request {i}"
     eng.close()
+
+
+def test_llamacpp_engine_keeps_llama_cpp_logs_quiet(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("llama-cpp-python"), "level", logging.NOTSET)  # as in a fresh process
+    eng = build_engine(EngineConfig(engine="llamacpp", context_length=256, batch_size=1),
+                       cache_path=str(tmp_path / "c.sqlite"))
+    eng.close()
+    err = capfd.readouterr().err
+    assert "llama_context" not in err and "graph_reserve" not in err, err[:300]

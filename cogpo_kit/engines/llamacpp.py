@@ -29,7 +29,7 @@ from cogpo_kit.engines.base import Completion, EngineError, Request
 from cogpo_kit.engines.common import (apply_stop, choices_grammar, cpu_threads, describe_request,
                                       fit_prompt, label_completion, openmp_defaults, sample_seed)
 from cogpo_kit.engines.config import EngineConfig
-from cogpo_kit.engines.llamacpp_model import auto_weights, converted_gguf, model_params
+from cogpo_kit.engines.llamacpp_model import auto_weights, converted_gguf, model_params, quiet_llama_logs
 
 N_BATCH = 512
 MIN_SHARE = 8
@@ -102,6 +102,7 @@ class LlamaCppEngine:
         self.config = config
 
         self.logger = logging.getLogger("cogpo_kit.engines.llamacpp")
+        quiet_llama_logs()
         self.prompt_truncations: dict[str, int] = {}
         self._llama = llama_cpp
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@ batched CPU kernels.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def use_extra_buffers() -> bool:
     except OSError:
         pass
     return True
+
+
+def quiet_llama_logs() -> None:
+    """Show only llama.cpp's errors, unless the ``llama-cpp-python`` logger has been configured.
+
+    llama-cpp-python prints every llama.cpp log line (about a thousand per context created) to
+    stderr unless that logger's level is set; its ``Llama(verbose=False)`` sets it, the lower-level
+    objects the engine uses do not. Without this, terminals and executed notebooks fill with them.
+    """
+    log = logging.getLogger("llama-cpp-python")
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.ERROR)
 
 
 def model_params():
