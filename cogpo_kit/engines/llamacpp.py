@@ -347,13 +347,19 @@ class LlamaCppEngine:
             if free:
                 compact()
             link_ready()
+            budget, plan = N_BATCH, []
+            for seq in sorted(active, key=lambda s: len(s.feed)):  # decoding sequences before prompts
+                if seq.feed and seq.leader is None and budget > 0:
+                    plan.append((seq, min(len(seq.feed), budget)))
+                    budget -= plan[-1][1]
+            # In slot order: with one KV stream per sequence, llama.cpp puts a sequence into the current
+            # micro-batch only if its id follows the previous one's in the batch, so any other order
+            # splits one decode step into several passes over the weights.
+            plan.sort(key=lambda p: p[0].slot)
             n = 0
             to_sample: list[tuple[_Seq, int]] = []
-            for seq in sorted(active, key=lambda s: len(s.feed)):  # decoding sequences before prompts
-                if not seq.feed or seq.leader is not None or n >= N_BATCH:
-                    continue
-                take = seq.feed[:N_BATCH - n]
-                for tok in take:
+            for seq, take in plan:
+                for tok in seq.feed[:take]:
                     batch.token[n] = tok
                     batch.pos[n] = seq.pos
                     batch.n_seq_id[n] = 1
@@ -361,7 +367,7 @@ class LlamaCppEngine:
                     batch.logits[n] = 0
                     seq.pos += 1
                     n += 1
-                seq.feed = seq.feed[len(take):]
+                seq.feed = seq.feed[take:]
                 if not seq.feed:
                     batch.logits[n - 1] = 1
                     to_sample.append((seq, n - 1))

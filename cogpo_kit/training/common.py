@@ -66,7 +66,7 @@ def trainer_args(optim: OptimParams, output_dir: str | Path, *, seed: Optional[i
         weight_decay=optim.weight_decay,
         bf16=bf16,
         fp16=False,
-        gradient_checkpointing=optim.gradient_checkpointing,
+        activation_checkpointing=optim.gradient_checkpointing,  # gradient_checkpointing, as transformers 5 names it
         logging_steps=optim.logging_steps,
         logging_first_step=True,
         save_strategy="steps",

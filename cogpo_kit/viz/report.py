@@ -121,8 +121,9 @@ def _examples(run: Run) -> str:
     return f'<div class="ck-view">{"".join(parts)}</div>' if parts else '<p class="sub">no examples yet</p>'
 
 
-def render_report(run: Run, params_tree: dict, *, title: str, figs: dict, extra_notes: list[str] = ()) -> str:
-    """The report's HTML (one document, plotly.js inlined once)."""
+def render_report(run: Run, params_tree: dict, *, title: str, figs: dict, extra_notes: list[str] = (),
+                  writing: str | None = None) -> str:
+    """The report's HTML (one document, plotly.js inlined once); ``writing``: the stage writing it."""
     notes = all_notes(run)
     settings = pd.DataFrame([(p, _get(params_tree, p)) for p in KEY_SETTINGS if _get(params_tree, p) is not None],
                             columns=["setting", "value"])
@@ -132,7 +133,7 @@ def render_report(run: Run, params_tree: dict, *, title: str, figs: dict, extra_
     f = {k: _figure(v, k) for k, v in figs.items()}
     all_stage_notes = [f"{s}: {n}" for s in STAGES for n in notes[s]] + list(extra_notes)
     sections = [
-        ("Summary", _table(tables.stage_overview(run), index=False) + _notes(all_stage_notes)),
+        ("Summary", _table(tables.stage_overview(run, writing), index=False) + _notes(all_stage_notes)),
         ("Settings", _table(settings, index=False)
          + f"<details><summary>All parameters</summary><pre>{html.escape(params_yaml)}</pre></details>"),
         ("1 · Critique: levels of the original CoTs",
@@ -182,7 +183,8 @@ def run_report(params) -> dict:
             stage.logger.info("figure %s is empty: %s", name, figures.empty_message(fig))
     report = Path(stage.file("report.html"))
     atomic_write_text(report, render_report(run, tree, title=params.report.title, figs=figs,
-                                            extra_notes=[f"07_report: {n}" for n in saved["notes"]]))
+                                            extra_notes=[f"07_report: {n}" for n in saved["notes"]],
+                                            writing="07_report"))
     stage.counts.update({"figures": len(saved["html"]), "empty_figures": sum(map(figures.is_empty, figs.values())),
                          "png": len(saved["png"]), "report_bytes": report.stat().st_size})
     stage.logger.info("report written to %s", report)

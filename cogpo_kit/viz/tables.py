@@ -22,11 +22,19 @@ def _words(text: Any) -> int:
     return len(text_of(text).split())
 
 
-def stage_overview(run: Run) -> pd.DataFrame:
-    """One row per stage: status, wall time, counts, notes."""
+def stage_overview(run: Run, writing: str | None = None) -> pd.DataFrame:
+    """One row per stage: status, wall time, counts, notes.
+
+    ``writing``: the stage producing this table right now (the report stage writing its report),
+    shown as such instead of as not run or as its previous run.
+    """
     rows = []
     for stage in STAGES:
         m = run.manifest(stage)
+        if stage == writing:
+            rows.append({"stage": stage, "status": "running (writes this report)", "wall time (s)": None,
+                         "counts": "", "notes": 0})
+            continue
         if m is None:
             rows.append({"stage": stage, "status": "not run", "wall time (s)": None, "counts": "", "notes": 0})
             continue
