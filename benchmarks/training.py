@@ -78,7 +78,7 @@ def child(args) -> dict:
     ds = Dataset.from_list(make_pairs(args.pairs))
     out = tempfile.mkdtemp(prefix="cogpo_bench_")
     common = dict(output_dir=out, per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps,
-                  learning_rate=1e-5, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
+                  learning_rate=1e-5, bf16=False, activation_checkpointing=False, report_to="none", save_strategy="no",
                   logging_steps=1000, max_length=args.max_length, seed=0, use_cpu=True, disable_tqdm=True,
                   precompute_ref_log_probs=args.method == "cogpo_precompute", beta=0.1)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -36,7 +36,7 @@ def _dataset(betas):
 
 
 def _common(tmp_path, **kw):
-    return dict(output_dir=str(tmp_path), per_device_train_batch_size=4, bf16=False, gradient_checkpointing=False,
+    return dict(output_dir=str(tmp_path), per_device_train_batch_size=4, bf16=False, activation_checkpointing=False,
                 report_to="none", max_length=96, beta=0.1, seed=0, **kw)
 
 

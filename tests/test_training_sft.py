@@ -39,7 +39,7 @@ def test_sft_loss_is_on_the_response_only(tmp_path):
     rows = sft_rows(art, "crv_sft")[:2]
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     cfg = SFTConfig(output_dir=str(tmp_path / "o"), completion_only_loss=True, bf16=False, report_to="none",
-                    gradient_checkpointing=False, max_length=256, per_device_train_batch_size=2)
+                    activation_checkpointing=False, max_length=256, per_device_train_batch_size=2)
     tr = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=cfg, train_dataset=ds,
                     processing_class=tok)
     batch = tr.data_collator([tr.train_dataset[i] for i in range(2)])
