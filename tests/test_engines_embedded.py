@@ -148,8 +148,19 @@ def test_transformers_labels_always_choices_with_sampling(tmp_path):
     eng.close()
 
 
-def test_llamacpp_sequences_moved_to_close_gaps_continue_unchanged(tmp_path):
-    """A sequence moved to a lower slot (its KV stream copied) goes on exactly as it would alone."""
+def test_llamacpp_sequences_moved_to_close_gaps_continue_unchanged(tmp_path, monkeypatch):
+    """A sequence moved to a lower slot (its KV stream copied) goes on exactly as it would alone; every
+    step is written in slot order, and steps that only decode use contiguous slots."""
+    import llama_cpp
+
+    steps = []
+    decode = llama_cpp.llama_decode
+
+    def recording(ctx, batch):
+        steps.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        return decode(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording)
     eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=3, cache=CacheConfig(enabled=False)),
                        cache_path=str(tmp_path / "c.sqlite"))
     msgs = ({"role": "user", "content": "Write a short story about a lighthouse keeper."},)
@@ -160,6 +171,9 @@ def test_llamacpp_sequences_moved_to_close_gaps_continue_unchanged(tmp_path):
     reqs = [Request(messages=msgs, sampling=replace(sp, max_tokens=m, seed=11 + i)) for i, m in enumerate(lengths)]
     together = eng.backend.generate(reqs)
     assert eng.backend.slot_moves >= 1
+    assert all(ids == sorted(ids) for ids in steps)
+    decode_only = [ids for ids in steps if len(set(ids)) == len(ids) > 1]
+    assert decode_only and all(max(ids) - min(ids) + 1 == len(ids) for ids in decode_only)
     for i, r in enumerate(reqs):
         alone = eng.backend.generate([r])[0][0]
         assert alone.text == together[i][0].text, f"request {i}"

@@ -4,9 +4,12 @@ All samples of a batch run together in one llama.cpp context, each sequence in i
 of ``context_length`` tokens: up to ``batch_size`` sequences (fewer when their streams would
 exceed ``kv_cache_mb``) decode in each step (continuous batching: a finished sequence's slot
 takes the next waiting sample at once, its prompt fed in the same step as the others' next
-tokens). Active sequences are kept in contiguous slots: llama.cpp attends over every KV stream
-between a batch's lowest and highest slot, so the gap a finished sequence leaves is filled by moving
-the highest one down. Prompts share their evaluated prefix: a prompt starting like one in the batch
+tokens). Active sequences are kept in contiguous slots and each step is written in slot order:
+with one KV stream per sequence, llama.cpp puts a sequence into the current micro-batch only if its
+slot follows the previous one's, so a gap or any other order splits a step into one pass over the
+weights per run of consecutive slots (benchmarks/kv_streams.py). The gap a finished sequence leaves
+is filled by moving the highest one down.
+Prompts share their evaluated prefix: a prompt starting like one in the batch
 or the last finished one (the other samples of a request, the other requests of an agent with the
 same system prompt) copies that prefix's KV cells and evaluates only what differs. The
 prompt is the model's own chat template from the GGUF file (the template llama-cpp-python's
@@ -254,9 +257,8 @@ class LlamaCppEngine:
         def compact() -> None:
             """Move the sequences in the highest slots into the free lower ones.
 
-            llama.cpp attends over every KV stream from the lowest to the highest slot of a batch, used
-            or not, so a batch on slots 0, 2, ..., 16 costs several times one on slots 0..8. Keeping the
-            active slots contiguous keeps each step's cost in proportion to the sequences it decodes.
+            llama.cpp decodes a step in one pass only over sequences with consecutive slots; a gap
+            left by a finished sequence would split every later step in two or more passes.
             """
             k = len(active)
             holes = sorted(slot for slot in free if slot < k)
@@ -353,7 +355,7 @@ class LlamaCppEngine:
                     plan.append((seq, min(len(seq.feed), budget)))
                     budget -= plan[-1][1]
             # In slot order: with one KV stream per sequence, llama.cpp puts a sequence into the current
-            # micro-batch only if its id follows the previous one's in the batch, so any other order
+            # micro-batch only if its slot follows the previous one's in the batch, so any other order
             # splits one decode step into several passes over the weights.
             plan.sort(key=lambda p: p[0].slot)
             n = 0
