@@ -38,7 +38,7 @@ def use_extra_buffers() -> bool:
 def quiet_llama_logs() -> None:
     """Show only llama.cpp's errors, unless the ``llama-cpp-python`` logger has been configured.
 
-    llama-cpp-python prints every llama.cpp log line (about a thousand per context created) to
+    llama-cpp-python prints every llama.cpp log line (about a thousand per engine load) to
     stderr unless that logger's level is set; its ``Llama(verbose=False)`` sets it, the lower-level
     objects the engine uses do not. Without this, terminals and executed notebooks fill with them.
     """
