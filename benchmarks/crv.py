@@ -3,9 +3,10 @@
 Both run the Critic, Verifier, Rethinker loop and incorrect CoTs on the same GSM8K-train CoTs with
 the same back end (one engine instance, loaded once), in one process:
 
-* **kit**: every round sends all pending requests of all examples at once (one ``generate`` call per
-  engine per round), the Critic stops asking once two votes agree, a request's samples share their
-  prompt, and a response cache (empty at the start, so every call is paid) sits under the engine;
+* **kit**: the scheduler streams (an example's next calls join the running batch as soon as its last
+  ones are answered; rounds of all pending requests on engines that cannot take requests while they
+  run), the Critic stops asking once two votes agree, a request's samples share their prompt, and a
+  response cache (empty at the start, so every call is paid) sits under the engine;
 * **naive**: one example after the other, one request of one sample at a time, always all three
   votes, no cache.
 
@@ -49,6 +50,10 @@ from cogpo_kit.params import load_params  # noqa: E402
 
 def _run(label: str, params, records, engine, *, naive: bool, backend=None) -> dict:
     engines = {r: engine for r in ROLES}
+    store = getattr(backend, "prompt_store", None)
+    if store is not None:  # no prompt saved by the other implementation's run
+        store.clear()
+    restored0 = store.restored_tokens if store is not None else 0
     decoded0 = getattr(backend, "decoded_tokens", None)
     load0 = os.getloadavg()[0]
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -63,6 +68,7 @@ def _run(label: str, params, records, engine, *, naive: bool, backend=None) -> d
         "samples": c1["samples"] + c2["samples"], "paid": c1["paid"] + c2["paid"],
         "generate_calls": c1["generate_calls"] + c2["generate_calls"],
         "rounds": c1["rounds"] + c2["rounds"],
+        "streamed": bool(c1.get("streamed") and c2.get("streamed")),
         "critic_samples": m1["funnel"]["early_exit"]["samples_asked"]
         + c2["by_tag"].get("critic", {}).get("samples", 0),
         "prompt_tokens": c1["prompt_tokens"] + c2["prompt_tokens"],
@@ -70,6 +76,7 @@ def _run(label: str, params, records, engine, *, naive: bool, backend=None) -> d
         "funnel": m2["funnel"], "levels": m1["funnel"]["levels"], "load": (load0, os.getloadavg()[0]),
         "run_dir": str(Path(params.run.output_dir) / params.run.run_id),
         "decoded_tokens": None if decoded0 is None else backend.decoded_tokens - decoded0,
+        "restored_tokens": None if store is None else store.restored_tokens - restored0,
     }
     out["calls_per_example"] = out["paid"] / n
     print(f"[{label}] {wall:.1f} s wall, {cpu:.1f} s CPU, {out['paid']} paid calls, "
@@ -96,6 +103,9 @@ def _table(kit: dict, naive: dict, same: dict, settings: dict) -> str:
     speed = kit["examples_per_min"] / naive["examples_per_min"]
     speed_cpu = kit["examples_per_cpu_min"] / naive["examples_per_cpu_min"]
     calls = naive["calls_per_example"] / kit["calls_per_example"]
+    kit_mode = ("streamed: each example's next calls join the running batch as soon as its last ones are answered "
+                "(one `generate` call per stage)" if kit["streamed"] else
+                "all pending requests of all examples per round, one `generate` call per engine per round")
     lines = [
         "# CRV: the kit against a naive implementation of the same algorithm", "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `python benchmarks/crv.py "
@@ -115,13 +125,15 @@ def _table(kit: dict, naive: dict, same: dict, settings: dict) -> str:
         + ("" if all(same.values()) else " The labels of the same samples are equal by construction; texts differ "
            "where the back end's output for a sample depends on the other sequences decoded with it (batched "
            "vs one at a time)."), "",
-        "- kit: all pending requests of all examples per round, one `generate` call per engine per round; the "
+        f"- kit: {kit_mode}; the "
         "Critic's third vote only where two disagree; the votes of one request share its prompt; response cache "
         "empty at the start (every call paid).",
         "- naive: one example at a time, one request of one sample at a time, always three votes, no cache.",
         "- Tokens through the model: prompt tokens not taken from another prompt's KV cells plus generated "
         "tokens, i.e. the compute actually paid (the naive implementation runs on the same engine instance, so "
-        "it too reuses the previous prompt's KV cells, e.g. for its second and third vote).",
+        "it too reuses the KV cells of earlier prompts, e.g. for its second and third vote).",
+        "- The engine's host-memory prompt store (`prompt_cache_mb`) is emptied before each implementation "
+        f"runs; prompt tokens restored from it: kit {kit['restored_tokens']}, naive {naive['restored_tokens']}.",
         "- The machine is shared: wall time depends on what else runs (load average column); CPU time (this "
         "process, all threads) is the load-robust measure of the work each implementation needed.",
         "",

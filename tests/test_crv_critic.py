@@ -175,3 +175,44 @@ def test_scripted_engine_contract():
     engine.close()
     with pytest.raises(RuntimeError, match="after close"):
         engine.generate([Request(messages=({"role": "user", "content": "a"},))])
+
+
+def test_streaming_asks_a_third_vote_as_soon_as_its_question_is_split(tmp_path):
+    """Through an engine that takes requests while it runs, a question's next calls join the running
+    batch: one engine call in all, the same labels and samples as rounds."""
+    table = {("agree", 0): "easy", ("agree", 1): "easy", ("agree", 2): "hard",
+             ("split", 0): "easy", ("split", 1): "hard", ("split", 2): "hard",
+             ("three", 0): "easy", ("three", 1): "hard", ("three", 2): "medium"}
+    backend = ScriptedEngine(table_responder(table), accepts_more=True)
+    engine = CachedEngine(backend, tmp_path / "c.sqlite", show_progress=False)
+    crv = CRVConfig(votes=3)
+    agents = agents_on(engine, crv, roles=("critic",))
+    critic = agents.role("critic")
+    jobs = [ask_label(critic, ({"role": "system", "content": "S"}, {"role": "user", "content": q}), votes=3,
+                      early_exit=True) for q in ("agree", "split", "three")]
+    sched = Scheduler(agents)
+    agree, split, three = sched.run(jobs)
+    assert sched.streamed and sched.generate_calls == 1 and sched.rounds == 2
+    assert (agree.label, agree.asked, split.label, split.asked, three.reason) == ("easy", 2, "hard", 3, "no_majority")
+    assert backend.batches == 1 and backend.batch_sizes == [5] and backend.calls == 8
+    rounds = Scheduler(agents, stream=False)
+    again = rounds.run([ask_label(critic, ({"role": "system", "content": "S"}, {"role": "user", "content": q}), votes=3,
+                                  early_exit=True) for q in ("agree", "split", "three")])
+    assert not rounds.streamed and [r.to_dict() for r in again] == [r.to_dict() for r in (agree, split, three)]
+    assert backend.calls == 8  # the second run came from the cache
+
+
+def test_a_streaming_engine_failing_names_the_roles_and_keeps_answers(tmp_path):
+    seen = []
+
+    def respond(req, i):
+        seen.append(i)
+        return RuntimeError("server went away") if len(seen) > 2 else "easy"
+
+    engine = CachedEngine(ScriptedEngine(respond, accepts_more=True), tmp_path / "c.sqlite", show_progress=False)
+    agents = agents_on(engine, CRVConfig(), roles=("critic",))
+    msgs = ({"role": "system", "content": "S"}, {"role": "user", "content": "u"})
+    with pytest.raises(CRVError, match=r"critic failed with 1 of 2 workflows unfinished.*server went away.*rerun"):
+        Scheduler(agents).run([ask_label(agents.role("critic"), msgs + ({"role": "user", "content": str(k)},),
+                                         votes=3) for k in range(2)])
+    assert len(engine.entries()) == 2  # the first question, answered before the failure, is kept

@@ -56,8 +56,8 @@ def params_for(tmp_path, *extra):
                             "data.limit=10", *extra])
 
 
-def cached(responder, path):
-    backend = ScriptedEngine(responder)
+def cached(responder, path, *, stream=False):
+    backend = ScriptedEngine(responder, accepts_more=stream)
     return CachedEngine(backend, path, show_progress=False), backend
 
 
@@ -121,7 +121,8 @@ def test_stages_write_the_artifacts_and_the_funnel(tmp_path):
     assert again["funnel"]["calls"]["cache_hits"] == again["funnel"]["calls"]["samples"]
 
 
-def test_an_engine_failing_mid_run_keeps_finished_work(tmp_path):
+@pytest.mark.parametrize("stream", [False, True], ids=["rounds", "streaming"])
+def test_an_engine_failing_mid_run_keeps_finished_work(tmp_path, stream):
     ref_params = params_for(tmp_path / "ref")
     ref_engine, ref_backend = cached(agent_like, tmp_path / "ref.sqlite")
     run_both(ref_params, ref_engine)
@@ -136,15 +137,33 @@ def test_an_engine_failing_mid_run_keeps_finished_work(tmp_path):
             return ConnectionError("server disconnected")
         return agent_like(req, i)
 
-    engine, backend = cached(flaky, tmp_path / "x.sqlite")
-    with pytest.raises(CRVError, match="failed in round .* server disconnected.* rerun the same command"):
+    engine, backend = cached(flaky, tmp_path / "x.sqlite", stream=stream)
+    where = "failed with .* workflows unfinished" if stream else "failed in round"
+    with pytest.raises(CRVError, match=where + ".* server disconnected.* rerun the same command"):
         run_both(params, engine)
     finished = backend.calls
     assert finished == fail_at
-    engine2, backend2 = cached(agent_like, tmp_path / "x.sqlite")
+    engine2, backend2 = cached(agent_like, tmp_path / "x.sqlite", stream=stream)
     run_both(params, engine2)
     assert backend2.calls == total - finished  # nothing finished is paid twice
     assert read_all(tmp_path / "x" / "t") == read_all(tmp_path / "ref" / "t")
+
+
+def test_streaming_writes_what_rounds_write_in_one_engine_call_per_stage(tmp_path):
+    """Through an engine that takes requests while it runs, every example goes on as soon as its
+    calls are answered: byte-identical artifacts, the same calls, one engine call per stage."""
+    engine, backend = cached(agent_like, tmp_path / "r.sqlite")
+    r1, r2 = run_both(params_for(tmp_path / "r"), engine)
+    s_engine, s_backend = cached(agent_like, tmp_path / "s.sqlite", stream=True)
+    s1, s2 = run_both(params_for(tmp_path / "s"), s_engine)
+    assert read_all(tmp_path / "s" / "t") == read_all(tmp_path / "r" / "t")
+    assert s_backend.batches == 2 and backend.batches > 4
+    assert s_backend.calls == backend.calls
+    for rounds, streamed in ((r1, s1), (r2, s2)):
+        rc, sc = rounds["funnel"]["calls"], streamed["funnel"]["calls"]
+        assert sc["generate_calls"] == 1 and sc["streamed"] and not rc["streamed"]
+        assert sc["rounds"] == rc["rounds"]  # the longest chain of calls equals the number of rounds
+        assert sc["samples"] == rc["samples"] and sc["paid"] == rc["paid"]
 
 
 def test_garbage_and_silent_agents_are_counted_outcomes(tmp_path):

@@ -126,3 +126,30 @@ def test_openmp_defaults_short_spin_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     openmp_defaults()
     assert "GOMP_SPINCOUNT" not in os.environ  # a chosen wait policy is left alone
+
+
+def test_common_prefix_lengths():
+    from cogpo_kit.engines.llamacpp import common_prefix
+
+    a = list(range(700))
+    for cut in (0, 1, 5, 256, 699):
+        b = a[:cut] + [-1] + a[cut + 1:]
+        assert common_prefix(a, b, 10_000) == cut
+    assert common_prefix(a, a, 10_000) == 700
+    assert common_prefix(a, a, 42) == 42
+    assert common_prefix(a, a[:3], 10) == 3
+    assert common_prefix([], a, 10) == 0
+
+
+def test_prompt_store_drops_least_recently_used_beyond_budget():
+    from cogpo_kit.engines.llamacpp import PromptStore
+
+    store = PromptStore(budget_bytes=100)
+    store.add([1, 2], data=b"a", size=40)
+    store.add([3, 4], data=b"b", size=40)
+    assert store.has([1, 2])  # used again: now the most recent
+    store.add([5, 6], data=b"c", size=40)  # 120 bytes: the least recently used one goes
+    assert [e.prompt for e in store] == [[1, 2], [5, 6]] and store.bytes == 80
+    store.add([7], data=b"d", size=101)  # larger than the whole budget: not kept
+    assert store.bytes == 80 and not store.has([7])
+    assert not PromptStore(0).budget

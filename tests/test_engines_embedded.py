@@ -187,3 +187,87 @@ def test_llamacpp_engine_keeps_llama_cpp_logs_quiet(tmp_path, capfd, monkeypatch
     eng.close()
     err = capfd.readouterr().err
     assert "llama_context" not in err and "graph_reserve" not in err, err[:300]
+
+
+def test_llamacpp_prompt_store_restores_finished_prompts(tmp_path):
+    """A prompt asked again in a later batch restores its saved KV cells: fewer tokens through the
+    model, the same completions as an engine that evaluates it again."""
+    msgs = [({"role": "system", "content": "You are a careful assistant who writes short stories."},
+             {"role": "user", "content": f"Write a short story about lighthouse keeper number {i}."}) for i in range(3)]
+    sp = SamplingConfig(temperature=0.8, seed=3, max_tokens=16)
+    first = [Request(messages=m, sampling=sp) for m in msgs]
+    later = [replace(r, sample_offset=1) for r in first]  # the next sample of each: asked in a later round
+    texts, decoded = {}, {}
+    for mb in (64, 0):
+        eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=2, prompt_cache_mb=mb,
+                                        cache=CacheConfig(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
+        b = eng.backend
+        one = b.generate(first)
+        before = b.decoded_tokens
+        two = b.generate(later)
+        decoded[mb] = b.decoded_tokens - before
+        texts[mb] = [c[0].text for c in one + two]
+        if mb:
+            assert b.prompt_store.saved == 3 and b.prompt_store.restored == 3
+            assert b.prompt_store.restored_tokens > 3 * 20
+        else:
+            assert b.prompt_store.saved == 0 and b.prompt_store.restored == 0
+        eng.close()
+    assert texts[64] == texts[0]
+    assert decoded[64] < decoded[0]
+
+
+def test_llamacpp_restore_waits_for_a_pending_stream_copy(tmp_path):
+    """A saved prompt is never restored into a stream that a pending copy still reads.
+
+    Sample 1 of request A copies sample 0's stream (llama.cpp does the copy at the next decode);
+    sample 0 stops after one token and frees its stream at once; request C, whose prompt is saved,
+    takes that stream. Restoring there before the copy is done would hand sample 1 C's cells."""
+    def req(text, **kw):
+        return Request(messages=({"role": "user", "content": text},), sampling=SamplingConfig(
+            temperature=0.8, seed=5, max_tokens=kw.pop("max_tokens", 12)), **kw)
+
+    a = replace(req("Name three colours of the sea at night and say why.", max_tokens=1), n=2)
+    a_long = replace(a, sampling=replace(a.sampling, max_tokens=12))
+    c = req("Describe a quiet harbour town in winter, in two sentences.")
+    cfg = EngineConfig(engine="llamacpp", context_length=512, batch_size=2, cache=CacheConfig(enabled=False))
+    eng = build_engine(cfg, cache_path=str(tmp_path / "c.sqlite"))
+    b = eng.backend
+    c_alone = b.generate([c])[0][0].text  # saves C's prompt
+    mixed = b.generate([replace(a, n=1), replace(a_long, sample_offset=1, n=1), c])
+    assert b.prompt_store.restored >= 1
+    eng.close()
+    fresh = build_engine(replace(cfg, prompt_cache_mb=0), cache_path=str(tmp_path / "d.sqlite"))
+    a1_alone = fresh.backend.generate([replace(a_long, sample_offset=1, n=1)])[0][0].text
+    fresh.close()
+    assert mixed[2][0].text == c_alone
+    assert mixed[1][0].text == a1_alone
+
+
+def test_llamacpp_takes_requests_while_it_runs(tmp_path):
+    """``more()`` feeds requests into a running batch (numbered after the first ones); each comes out
+    as it would alone, and the call returns once ``more()`` has nothing left."""
+    eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=2, prompt_cache_mb=0,
+                                    cache=CacheConfig(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
+    sp = SamplingConfig(temperature=0.8, seed=2)
+    reqs = [Request(messages=({"role": "user", "content": f"Give me a fact about the number {k}."},),
+                    sampling=replace(sp, seed=2 + k, max_tokens=6 + 4 * k)) for k in range(4)]
+    done, asked = [], []
+
+    def on_result(i, j, c):
+        done.append(i)
+
+    def more():
+        asked.append(len(done))
+        if len(asked) == 1:
+            return [reqs[1]]
+        if 0 in done and len(done) == 2 and reqs[3] not in asked:
+            asked.append(reqs[3])
+            return [reqs[2], reqs[3]]
+        return []
+
+    out = eng.backend.generate([reqs[0]], on_result=on_result, more=more)
+    assert len(out) == 4 and sorted(done) == [0, 1, 2, 3]
+    for k, r in enumerate(reqs):
+        assert out[k][0].text == eng.backend.generate([r])[0][0].text, f"request {k}"
+    eng.close()

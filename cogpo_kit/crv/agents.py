@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from cogpo_kit.crv.config import AgentConfig, CRVConfig
 from cogpo_kit.crv.prompts import CRITIC_LABELS, VERIFIER_LABELS, build_messages
@@ -103,6 +103,33 @@ class Agents:
                                   f"request with n={req.n} (tag {req.tag})")
             self.counters.setdefault(req.tag, TagCounter()).add(comps)
         return out
+
+    def can_stream(self, engine_key: str) -> bool:
+        """Whether the engine takes requests while it runs (:meth:`stream`)."""
+        engine = self.engines[engine_key]
+        return hasattr(engine, "stream") and bool(getattr(engine, "accepts_more", False))
+
+    def stream(self, engine_key: str, on_done: Callable[[int, list[Completion]], None],
+               more: Callable[[], Sequence[Request]]) -> None:
+        """Requests from ``more()`` through one running engine; ``on_done(i, completions)`` for the
+        ``i``-th request as soon as it is answered (checked and counted per tag, as in :meth:`generate`)."""
+        engine = self.engines[engine_key]
+        asked: list[Request] = []
+
+        def feed() -> list[Request]:
+            new = list(more())
+            asked.extend(new)
+            return new
+
+        def done(i: int, comps: list[Completion]) -> None:
+            req = asked[i]
+            if len(comps) != req.n:
+                raise EngineError(f"engine {getattr(engine, 'name', '?')} returned {len(comps)} samples for a "
+                                  f"request with n={req.n} (tag {req.tag})")
+            self.counters.setdefault(req.tag, TagCounter()).add(comps)
+            on_done(i, comps)
+
+        engine.stream([], done, feed)
 
     def engine_stats(self) -> dict[str, dict]:
         """``stats_by_tag()`` of the cached engines, merged over engines."""

@@ -55,6 +55,10 @@ class CRVConfig:
     """Critic votes per CoT; majority wins."""
     early_exit: bool = True
     """Stop asking once a label has a majority (two agreeing votes of three): same label, fewer calls."""
+    stream: bool = True
+    """Where one engine that takes requests while it runs (llama.cpp) serves every agent: each example
+    goes on as soon as its calls are answered, its next calls joining the running batch. ``false``, or
+    other engines: rounds, each sending all pending calls of all examples at once."""
     max_attempts: int = 3
     """Rewrite-verify-recritique attempts before an easy/hard example is discarded."""
     verifier_mode: Literal["judge", "student_solve"] = "judge"

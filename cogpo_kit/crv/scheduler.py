@@ -4,10 +4,13 @@ A workflow is a generator: it yields a list of :class:`Call` (role + request) an
 completions (one list of ``n`` per call), until it returns its result. ``yield from`` composes
 workflows; :func:`gather` runs several side by side.
 
-:class:`Scheduler` advances all workflows together: each round it collects every pending call of
-every example and sends them, grouped by engine, in one ``generate`` call per engine. With
-``sequential=True`` it is the naive driver instead: one example after another, one request of one
-sample at a time.
+:class:`Scheduler` advances all workflows together. Where every role is served by one engine that
+takes requests while it runs (the llama.cpp back end), it streams: a workflow's next calls join the
+running batch as soon as its last ones are answered, so a long generation of one example never
+leaves the engine waiting for the rest of a round. Otherwise it works in rounds: each round
+collects every pending call of every example and sends them, grouped by engine, in one ``generate``
+call per engine. With ``sequential=True`` it is the naive driver instead: one example after
+another, one request of one sample at a time.
 
 Workflows are deterministic functions of the completions they receive, and each completion is a
 deterministic function of its cache key, so a run replayed from the response cache takes the same
@@ -71,13 +74,18 @@ class Scheduler:
     """Drives workflows against :class:`Agents` (round-wide batches, or the naive sequential order)."""
 
     def __init__(self, agents: Agents, *, logger: Optional[logging.Logger] = None, desc: str = "crv",
-                 sequential: bool = False):
+                 sequential: bool = False, stream: bool = True):
         self.agents = agents
         self.logger = logger
         self.desc = desc
         self.sequential = sequential
+        self.stream = stream
+        """Stream where the engine allows it (``False``: always rounds)."""
         self.rounds = 0
+        """Rounds sent; when streaming, the longest chain of calls one workflow waited for."""
         self.generate_calls = 0
+        self.streamed = False
+        """Whether the last :meth:`run` streamed."""
 
     def _log(self, msg: str, *args) -> None:
         if self.logger:
@@ -122,11 +130,87 @@ class Scheduler:
             out.append(comps)
         return out
 
+    def _stream_key(self) -> Optional[str]:
+        """The one engine serving every role, if it takes requests while it runs."""
+        keys = {role.engine_key for role in self.agents.roles.values()}
+        if self.sequential or not self.stream or len(keys) != 1:
+            return None
+        key = next(iter(keys))
+        return key if self.agents.can_stream(key) else None
+
+    def _run_streaming(self, key: str, workflows: Sequence[Workflow], results: list[Any], bar) -> None:
+        waiting: dict[int, list] = {}  # workflow -> [answers so far, calls left]
+        depth = [0] * len(workflows)
+        owners: list[tuple[int, int]] = []  # request number -> (workflow, call index)
+        outgoing: list[Request] = []
+
+        def push(i: int, calls: list[Call]) -> None:
+            while not calls:  # nothing asked: answer at once
+                try:
+                    calls = workflows[i].send([])
+                except StopIteration as stop:
+                    results[i] = stop.value
+                    bar.update(1)
+                    return
+            depth[i] += 1
+            waiting[i] = [[None] * len(calls), len(calls)]
+            for k, call in enumerate(calls):
+                owners.append((i, k))
+                outgoing.append(call.request)
+
+        def on_done(n: int, comps: list[Completion]) -> None:
+            i, k = owners[n]
+            slot = waiting[i]
+            slot[0][k] = comps
+            slot[1] -= 1
+            if slot[1]:
+                return
+            del waiting[i]
+            try:
+                calls = workflows[i].send(slot[0])
+            except StopIteration as stop:
+                results[i] = stop.value
+                bar.update(1)
+                return
+            push(i, calls)
+
+        def more() -> list[Request]:
+            out = outgoing[:]
+            outgoing.clear()
+            return out
+
+        for i, wf in enumerate(workflows):
+            try:
+                push(i, next(wf))
+            except StopIteration as stop:
+                results[i] = stop.value
+                bar.update(1)
+        t0 = time.time()
+        try:
+            self.agents.stream(key, on_done, more)
+        except Exception as exc:
+            roles = sorted(self.agents.roles)
+            raise CRVError(
+                f"engine of {'/'.join(roles)} failed with {len(waiting)} of {len(workflows)} workflows unfinished: "
+                f"{type(exc).__name__}: {exc}. Finished calls are kept in the response cache; rerun the "
+                "same command to continue.") from exc
+        if waiting:
+            raise CRVError(f"{len(waiting)} workflows still wait for answers after the engine finished")
+        self.generate_calls += 1
+        self.rounds = max(depth, default=0)
+        self._log("streamed %d requests of %d workflows through one engine call in %.1f s (longest chain %d)",
+                  len(owners), len(workflows), time.time() - t0, self.rounds)
+
     def run(self, workflows: Sequence[Workflow]) -> list[Any]:
         """Run all workflows to completion; their results in order."""
         results: list[Any] = [None] * len(workflows)
         bar = progress(total=len(workflows), desc=self.desc, unit="job")
+        key = self._stream_key()
+        self.streamed = key is not None
         try:
+            if key is not None:
+                self._run_streaming(key, workflows, results, bar)
+                return results
             if self.sequential:
                 for i, wf in enumerate(workflows):
                     try:

@@ -104,7 +104,8 @@ def run_critique(params, *, records: Optional[Sequence[CoTRecord]] = None,
         jobs += [ask_label(critic, critic.messages(problem=r.problem, answer=r.answer, reasoning=r.reasoning),
                            votes=crv.votes, early_exit=False, free=True, tag="critic_free", max_reasks=0)
                  for r in records[:n_probe]]
-        sched = Scheduler(agents, logger=stage.logger, desc="critique", sequential=naive)
+        sched = Scheduler(agents, logger=stage.logger, desc="critique", sequential=naive,
+                          stream=crv.stream)
         try:
             results = sched.run(jobs)
         except Exception as exc:
@@ -124,7 +125,8 @@ def run_critique(params, *, records: Optional[Sequence[CoTRecord]] = None,
             "early_exit": ee,
             "labels": label_quality(results),
             "calls": {**call_stats(agents, len(records), skipped_votes=ee["votes_skipped"]),
-                      "rounds": sched.rounds, "generate_calls": sched.generate_calls},
+                      "rounds": sched.rounds, "generate_calls": sched.generate_calls,
+                      "streamed": sched.streamed},
         }
         for note in level_notes(levels):
             stage.note(note)
@@ -192,7 +194,8 @@ def run_rethink(params, *, engines: Optional[dict[str, Any]] = None, naive: bool
             probe_n = min(crv.free_label_probe, n)
             jobs += [ask_label(verifier, verifier.messages(problem=r.problem, answer=r.answer, reasoning=r.reasoning),
                                votes=1, free=True, tag="verifier_free", max_reasks=0) for r in records[:probe_n]]
-        sched = Scheduler(agents, logger=stage.logger, desc="rethink", sequential=naive)
+        sched = Scheduler(agents, logger=stage.logger, desc="rethink", sequential=naive,
+                          stream=crv.stream)
         try:
             results = sched.run(jobs)
         except Exception as exc:
@@ -221,7 +224,8 @@ def run_rethink(params, *, engines: Optional[dict[str, Any]] = None, naive: bool
         rerate_skipped = sum(r.get("rerating", {}).get("skipped", 0) for o in outcomes for r in o.attempts)
         funnel["labels"] = label_quality(label_results)
         funnel["calls"] = {**call_stats(agents, n, skipped_votes=rerate_skipped),
-                           "rounds": sched.rounds, "generate_calls": sched.generate_calls}
+                           "rounds": sched.rounds, "generate_calls": sched.generate_calls,
+                           "streamed": sched.streamed}
         funnel["crv_calls"] = _crv_calls(run_path, funnel["calls"], n)
         _rethink_notes(stage, funnel, crv)
         _label_notes(stage, funnel["labels"])

@@ -219,18 +219,36 @@ class CachedEngine:
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         """Serve cached samples, send the rest to the back end in one batch, store and return all."""
         requests = list(requests)
-        for i, r in enumerate(requests):
-            check_request(i, r)
-        keyed = [request_key(self.model_id, r, self.key_extra) for r in requests]
-        hits = self._lookup([k for k, _ in keyed]) if self.enabled else {}
-        results: list[list[Optional[Completion]]] = [[None] * r.n for r in requests]
+        keyed: list[tuple[str, dict]] = []
+        results: list[list[Optional[Completion]]] = []
         subs: list[Request] = []
         owners: list[tuple[int, int]] = []  # sub-request -> (request index, first sample index)
+        self._admit(requests, 0, keyed, results, subs, owners)
+        if subs:
+            self._run_backend(requests, keyed, subs, owners, results)
+        return [[c for c in row] for row in results]  # type: ignore[misc]
+
+    @property
+    def accepts_more(self) -> bool:
+        """Whether :meth:`stream` can feed requests to the back end while it runs."""
+        return bool(getattr(self.backend, "accepts_more", False))
+
+    def _admit(self, requests: Sequence[Request], base: int, keyed: list, results: list, subs: list,
+               owners: list) -> list[int]:
+        """Check and key ``requests`` (numbered from ``base``), fill their cached samples into
+        ``results`` and add the missing runs of samples to ``subs``; returns the missing count per request."""
+        for i, r in enumerate(requests, start=base):
+            check_request(i, r)
+        new_keys = [request_key(self.model_id, r, self.key_extra) for r in requests]
+        keyed.extend(new_keys)
+        hits = self._lookup([k for k, _ in new_keys]) if self.enabled else {}
+        missing_per: list[int] = []
         with self._lock:
-            for i, (r, (key, _)) in enumerate(zip(requests, keyed)):
+            for i, (r, (key, _)) in enumerate(zip(requests, new_keys), start=base):
+                results.append([None] * r.n)
                 st = self._stats[r.tag]
                 st["calls"] += r.n
-                run_start = None
+                run_start, missing_n = None, 0
                 for j in range(r.n + 1):
                     idx = r.sample_offset + j
                     hit = hits.get((key, idx)) if j < r.n else None
@@ -244,18 +262,77 @@ class CachedEngine:
                         subs.append(replace(r, n=idx - run_start, sample_offset=run_start))
                         owners.append((i, run_start))
                         st["misses"] += idx - run_start
+                        missing_n += idx - run_start
                         run_start = None
-        if subs:
-            self._run_backend(requests, keyed, subs, owners, results)
-        return [[c for c in row] for row in results]  # type: ignore[misc]
+                missing_per.append(missing_n)
+        return missing_per
 
-    def _run_backend(self, requests, keyed, subs, owners, results) -> None:
-        total = sum(s.n for s in subs)
+    def stream(self, requests: Sequence[Request], on_done: Callable[[int, list[Completion]], None],
+               more: Callable[[], Sequence[Request]]) -> None:
+        """:meth:`generate` with requests that keep arriving while the back end runs.
+
+        Requests are numbered in arrival order (``requests``, then each batch ``more()`` returns).
+        ``on_done(i, completions)`` is called as soon as request ``i`` has all its samples, from the
+        cache at once or from the back end when its last sample finishes; it may make ``more()``
+        return new requests. ``more()`` is asked whenever the back end has room (the back end must
+        accept requests while it runs: :attr:`accepts_more`). Returns when ``more()`` has nothing
+        left and every request is done.
+        """
+        if not self.accepts_more:
+            raise EngineError(f"{self.name}: this back end cannot take requests while it runs")
+        reqs: list[Request] = []
+        keyed: list[tuple[str, dict]] = []
+        results: list[list[Optional[Completion]]] = []
+        subs: list[Request] = []
+        owners: list[tuple[int, int]] = []
+        left: list[int] = []
+        handed = [0]  # subs given to the back end so far
+
+        def admit(new: Sequence[Request]) -> None:
+            new = list(new)
+            base = len(reqs)
+            reqs.extend(new)
+            missing = self._admit(new, base, keyed, results, subs, owners)
+            left.extend(missing)
+            for i, n in enumerate(missing, start=base):
+                if n == 0:
+                    on_done(i, results[i])  # type: ignore[arg-type]
+
+        def take() -> list[Request]:
+            """The subs not yet handed to the back end; asks ``more()`` until there are some or it has none."""
+            while handed[0] == len(subs):
+                new = more()
+                if not new:
+                    return []
+                admit(new)
+            out = subs[handed[0]:]
+            handed[0] = len(subs)
+            return out
+
+        def sample_done(i: int) -> None:
+            left[i] -= 1
+            if left[i] == 0:
+                on_done(i, results[i])  # type: ignore[arg-type]
+
+        admit(requests)
+        first = take()
+        if first:
+            self._run_backend(reqs, keyed, subs, owners, results, first=first, more=take, sample_done=sample_done)
+        unfinished = [i for i, n in enumerate(left) if n]
+        if unfinished:
+            raise EngineError(f"{self.name}: back end finished with {len(unfinished)} requests unanswered "
+                              f"(first: #{unfinished[0]})")
+
+    def _run_backend(self, requests, keyed, subs, owners, results, *, first=None, more=None,
+                     sample_done=None) -> None:
+        """Send ``subs`` (or ``first``, then what ``more`` returns) to the back end; store each sample."""
+        sent = list(subs if first is None else first)
+        total = sum(s.n for s in sent)
         bar = None
         if self.show_progress:
             from cogpo_kit.progress import progress
 
-            tags = sorted({s.tag for s in subs if s.tag})
+            tags = sorted({s.tag for s in sent if s.tag})
             bar = progress(total=total, desc=f"{self.name} {','.join(tags)}".strip(), unit="sample")
         done: set[tuple[int, int]] = set()
 
@@ -285,15 +362,27 @@ class CachedEngine:
                 results[i][sample - r.sample_offset] = c
                 if bar is not None:
                     bar.update(1)
+            if sample_done is not None:
+                sample_done(i)
+
+        def feed() -> list[Request]:
+            new = more()
+            sent.extend(new)
+            if bar is not None and new:
+                bar.total += sum(s.n for s in new)
+                bar.refresh()
+            return new
 
         try:
-            if getattr(self.backend, "streams_results", False):
-                out = self.backend.generate(subs, on_result=on_result)
+            if more is not None:
+                out = self.backend.generate(sent, on_result=on_result, more=feed)
+            elif getattr(self.backend, "streams_results", False):
+                out = self.backend.generate(sent, on_result=on_result)
             else:
-                out = self.backend.generate(subs)
-            if len(out) != len(subs):
-                raise EngineError(f"{self.name}: back end returned {len(out)} results for {len(subs)} requests")
-            for si, (sub, comps) in enumerate(zip(subs, out)):
+                out = self.backend.generate(sent)
+            if len(out) != len(sent):
+                raise EngineError(f"{self.name}: back end returned {len(out)} results for {len(sent)} requests")
+            for si, (sub, comps) in enumerate(zip(sent, out)):
                 if len(comps) != sub.n:
                     raise EngineError(f"{self.name}: back end returned {len(comps)} samples, {sub.n} asked")
                 for j, c in enumerate(comps):
@@ -301,13 +390,13 @@ class CachedEngine:
         except BaseException as exc:
             with self._lock:
                 lost = 0
-                for si, sub in enumerate(subs):
+                for si, sub in enumerate(sent):
                     for j in range(sub.n):
                         if (si, j) not in done:
                             self._stats[sub.tag]["errors"] += 1
                             lost += 1
             self._logger.error("%s: batch failed with %d of %d samples unfinished (finished ones are "
-                               "cached): %s", self.name, lost, total, exc)
+                               "cached): %s", self.name, lost, sum(s.n for s in sent), exc)
             raise
         finally:
             if bar is not None:

@@ -68,6 +68,11 @@ class EngineConfig:
     kv_cache_mb: int = 1024
     """llama.cpp: memory for the KV caches of the parallel sequences (each holds ``context_length``
     tokens); fewer than ``batch_size`` sequences run together when they would not fit."""
+    prompt_cache_mb: int = 1024
+    """llama.cpp: host memory for the KV cells of finished prompts (least recently used dropped
+    first). A prompt that starts like a saved one restores those cells instead of evaluating them
+    again: a request's later samples asked in a later round, the next request of the same agent.
+    ``0`` switches it off."""
     device: str = "auto"
     """transformers: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``."""
     dtype: str = "auto"

@@ -9,10 +9,12 @@ with one KV stream per sequence, llama.cpp puts a sequence into the current micr
 slot follows the previous one's, so a gap or any other order splits a step into one pass over the
 weights per run of consecutive slots (benchmarks/kv_streams.py). The gap a finished sequence leaves
 is filled by moving the highest one down.
-Prompts share their evaluated prefix: a prompt starting like one in the batch
-or the last finished one (the other samples of a request, the other requests of an agent with the
-same system prompt) copies that prefix's KV cells and evaluates only what differs. The
-prompt is the model's own chat template from the GGUF file (the template llama-cpp-python's
+Prompts share their evaluated prefix: a prompt starting like one being decoded (the other samples
+of a request, the other requests of an agent with the same system prompt) copies that prefix's KV
+cells and evaluates only what differs. The KV cells of finished prompts are saved in host memory
+(``prompt_cache_mb``, least recently used dropped first), so a prompt asked again later (a
+request's later samples, asked round after round, or the next request of the same agent) restores
+them instead of evaluating them again. The prompt is the model's own chat template from the GGUF file (the template llama-cpp-python's
 ``create_chat_completion`` applies). Each sample has its own sampler chain and seed (derived from
 the request's seed and the sample index), so a sample does not depend on what else is in the
 batch. Label requests are constrained by a GBNF grammar; with ``thinking_end`` set the model
@@ -24,7 +26,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -72,13 +74,67 @@ class _Seq:
 
 
 @dataclass
-class _Kept:
-    """The prompt of the last finished sequence, left in the KV cache under its own sequence id."""
+class _Saved:
+    """A finished prompt's KV cells, serialized to host memory (``llama_state_seq_get_data``)."""
 
-    slot: int
-    prompt: list[int] = field(default_factory=list)
-    pos: int = 0
+    prompt: list[int]
+    data: object
+    size: int
     leader: None = None
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit`` (slice compares, in C)."""
+    lo, hi = 0, min(limit, len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class PromptStore:
+    """Finished prompts' KV cells in host memory, least recently used dropped beyond ``budget`` bytes."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = max(0, int(budget_bytes))
+        self.entries: OrderedDict[tuple, _Saved] = OrderedDict()
+        self.bytes = 0
+        self.saved = 0
+        self.restored = 0
+        self.restored_tokens = 0
+
+    def __iter__(self):
+        return iter(self.entries.values())
+
+    def has(self, prompt: list[int]) -> bool:
+        key = tuple(prompt)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return True
+        return False
+
+    def add(self, prompt: list[int], data: object, size: int) -> None:
+        if size > self.budget:
+            return
+        self.entries[tuple(prompt)] = _Saved(prompt=list(prompt), data=data, size=size)
+        self.bytes += size
+        self.saved += 1
+        while self.bytes > self.budget:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.size
+
+    def touch(self, entry: _Saved) -> None:
+        self.entries.move_to_end(tuple(entry.prompt))
+
+    def clear(self) -> None:
+        """Drop every saved prompt (the counters stay)."""
+        self.entries.clear()
+        self.bytes = 0
 
 
 class LlamaCppEngine:
@@ -86,6 +142,7 @@ class LlamaCppEngine:
 
     name = "llamacpp"
     streams_results = True
+    accepts_more = True
 
     def __init__(self, config: EngineConfig):
         openmp_defaults()  # before the library loads
@@ -122,7 +179,7 @@ class LlamaCppEngine:
             self.logger.info("llamacpp: %d sequences in parallel (KV cache of %d MB for %d-token contexts)",
                              self.n_parallel, config.kv_cache_mb, self.n_ctx)
         cp = llama_cpp.llama_context_default_params()
-        cp.n_seq_max = self.n_parallel + 1  # one more: the last finished prompt, kept for reuse
+        cp.n_seq_max = self.n_parallel
         cp.n_ctx = self.n_ctx * cp.n_seq_max
         cp.n_batch = N_BATCH
         cp.n_ubatch = N_BATCH
@@ -144,19 +201,20 @@ class LlamaCppEngine:
         self._grammar_cls = __import__("llama_cpp.llama_grammar", fromlist=["LlamaGrammar"]).LlamaGrammar
         self._internals = internals
         self._piece = ctypes.create_string_buffer(256)
-        self._kept = _Kept(slot=self.n_parallel)
         self.decoded_tokens = 0
         """Tokens sent through the model so far (prompt tokens not shared from another prompt's KV cells,
         plus generated tokens): the compute actually paid, for benchmarks."""
         self.slot_moves = 0
         """Sequences moved to a lower KV stream to keep the active streams contiguous."""
+        self.prompt_store = PromptStore(int(config.prompt_cache_mb) * 2**20)
+        """Finished prompts' KV cells in host memory (``saved``, ``restored``, ``restored_tokens``)."""
 
     def _parallel(self, config: EngineConfig) -> int:
         """Sequences decoded together: ``batch_size``, fewer if their KV streams exceed ``kv_cache_mb``."""
         llama, model = self._llama, self._model.model
         n_embd, n_head = llama.llama_model_n_embd(model), max(1, llama.llama_model_n_head(model))
         per_token = 2 * llama.llama_model_n_layer(model) * (n_embd // n_head) * llama.llama_model_n_head_kv(model) * 2
-        fit = int(config.kv_cache_mb) * 2**20 // max(1, per_token * int(config.context_length)) - 1
+        fit = int(config.kv_cache_mb) * 2**20 // max(1, per_token * int(config.context_length))
         return max(1, min(int(config.batch_size), fit))
 
     # -- tokens ---------------------------------------------------------------------------
@@ -195,14 +253,21 @@ class LlamaCppEngine:
 
     # -- generation -----------------------------------------------------------------------
     def generate(self, requests: Sequence[Request],
-                 on_result: Optional[Callable[[int, int, Completion], None]] = None) -> list[list[Completion]]:
-        with self._lock:
-            return self._generate(list(requests), on_result)
+                 on_result: Optional[Callable[[int, int, Completion], None]] = None,
+                 more: Optional[Callable[[], Sequence[Request]]] = None) -> list[list[Completion]]:
+        """Generate ``requests``; ``on_result(request, sample, completion)`` as each sample finishes.
 
-    def _jobs(self, requests: list[Request]) -> list[_Job]:
+        ``more()``, when given, is asked for further requests whenever a slot is free and nothing
+        waits; they join the running batch (their indices follow the ones given so far) and the
+        call returns once ``more()`` has nothing left and every sequence has finished.
+        """
+        with self._lock:
+            return self._generate(list(requests), on_result, more)
+
+    def _jobs(self, requests: Sequence[Request], base: int = 0) -> list[_Job]:
         jobs: list[_Job] = []
         think = self.config.thinking_end
-        for i, r in enumerate(requests):
+        for i, r in enumerate(requests, start=base):
             prompt = self.format_prompt(r.messages)
             label_max = self._label_budget(r) if r.choices is not None else 0
             if r.choices is not None and think:
@@ -222,34 +287,53 @@ class LlamaCppEngine:
                                                                                r.sample_offset + j)))
         return jobs
 
-    def _generate(self, requests: list[Request], on_result) -> list[list[Completion]]:
+    def _generate(self, requests: list[Request], on_result, more) -> list[list[Completion]]:
         results: list[list[Optional[Completion]]] = [[None] * r.n for r in requests]
         pending = deque(self._jobs(requests))  # all prompts checked before any work is done
         mem = self._ctx.memory
         llama = self._llama
         free = list(range(self.n_parallel))[::-1]
-        kept = self._kept  # the last finished prompt of earlier batches is reused too
+        store = self.prompt_store  # finished prompts of this batch and earlier ones
+        copy_sources: set[int] = set()  # streams read by a copy not yet carried out
         active: list[_Seq] = []
         think = self.config.thinking_end
 
-        def start(job: _Job, slot: int, leader: Optional[_Seq], share: int) -> _Seq:
+        def start(job: _Job, slot: int, leader: Optional[object], share: int) -> _Seq:
             r = job.req
             constrained_now = r.choices is not None and not think
             grammar = choices_grammar(r.choices) if constrained_now else None
             llama.llama_memory_seq_rm(mem, slot, -1, -1)
-            return _Seq(job=job, slot=slot, feed=list(job.prompt[share:]), pos=share,
-                        sampler=self._sampler(r, job.seed, grammar), phase=1,
-                        leader=leader, share=share)
+            seq = _Seq(job=job, slot=slot, feed=list(job.prompt[share:]), pos=share,
+                       sampler=self._sampler(r, job.seed, grammar), phase=1,
+                       leader=leader, share=share)
+            if isinstance(leader, _Saved) and slot not in copy_sources:
+                restore(seq)
+            return seq
 
-        def best_source(job: _Job) -> tuple[Optional[_Seq], int]:
-            """The active sequence sharing the longest prompt prefix with ``job`` (at least MIN_SHARE)."""
+        def restore(seq: _Seq) -> None:
+            """Write a saved prompt's cells into ``seq``'s stream and keep the shared prefix.
+
+            Done at once, so never into a stream that a copy issued since the last decode still
+            reads (llama.cpp carries stream copies out at the next decode): such a sequence waits.
+            """
+            saved = seq.leader
+            seq.leader = None
+            if llama.llama_state_seq_set_data(self._ctx.ctx, saved.data, saved.size, seq.slot) == saved.size:
+                llama.llama_memory_seq_rm(mem, seq.slot, seq.share, -1)
+                store.touch(saved)
+                store.restored += 1
+                store.restored_tokens += seq.share
+            else:  # could not restore: evaluate the whole prompt
+                llama.llama_memory_seq_rm(mem, seq.slot, -1, -1)
+                seq.share, seq.pos, seq.feed = 0, 0, list(seq.job.prompt)
+
+        def best_source(job: _Job) -> tuple[Optional[object], int]:
+            """The prompt sharing the longest prefix with ``job`` (at least MIN_SHARE): an active
+            sequence or a finished one saved in host memory (an active one on a tie)."""
             best, best_n = None, 0
             limit = len(job.prompt) - 1  # the last prompt token is always evaluated: its logits are ours
-            for s in active + ([kept] if kept.prompt else []):
-                other, n = s.prompt, 0
-                top = min(limit, len(other))
-                while n < top and other[n] == job.prompt[n]:
-                    n += 1
+            for s in active + list(store):
+                n = common_prefix(s.prompt, job.prompt, limit)
                 if n > best_n:
                     best, best_n = s, n
             return (best, best_n) if best_n >= MIN_SHARE else (None, 0)
@@ -268,6 +352,7 @@ class LlamaCppEngine:
                 if seq.leader is None:  # it has cells: copy its stream down (done at the next decode)
                     llama.llama_memory_seq_cp(mem, seq.slot, slot, -1, -1)
                     llama.llama_memory_seq_rm(mem, seq.slot, -1, -1)
+                    copy_sources.add(seq.slot)
                 free.append(seq.slot)
                 seq.slot = slot
                 self.slot_moves += 1
@@ -276,20 +361,26 @@ class LlamaCppEngine:
         def link_ready() -> None:
             """Give waiting sequences the prefix their leader has evaluated by now."""
             for s in active:
-                if s.leader is not None and s.leader.leader is None and s.leader.pos >= s.share:
+                if isinstance(s.leader, _Saved):
+                    if s.slot not in copy_sources:
+                        restore(s)
+                elif s.leader is not None and s.leader.leader is None and s.leader.pos >= s.share:
                     llama.llama_memory_seq_cp(mem, s.leader.slot, s.slot, -1, -1)  # streams copy whole
                     llama.llama_memory_seq_rm(mem, s.slot, s.share, -1)
+                    copy_sources.add(s.leader.slot)
                     s.leader = None
 
         def keep(seq: _Seq) -> None:
-            """Keep a finished prompt's KV cells for the prompts still to come (this batch or the next)."""
+            """Save a finished prompt's KV cells in host memory for the prompts still to come."""
             prompt = seq.job.prompt
-            if prompt == kept.prompt:
+            if not store.budget or len(prompt) <= MIN_SHARE or store.has(prompt):
                 return
-            llama.llama_memory_seq_rm(mem, kept.slot, -1, -1)
-            llama.llama_memory_seq_cp(mem, seq.slot, kept.slot, -1, -1)
-            llama.llama_memory_seq_rm(mem, kept.slot, len(prompt), -1)
-            kept.prompt, kept.pos = prompt, len(prompt)
+            llama.llama_memory_seq_rm(mem, seq.slot, len(prompt), -1)  # the prompt's cells only
+            size = llama.llama_state_seq_get_size(self._ctx.ctx, seq.slot)
+            if size <= store.budget:
+                data = (ctypes.c_uint8 * size)()
+                if llama.llama_state_seq_get_data(self._ctx.ctx, data, size, seq.slot) == size:
+                    store.add(prompt, data, size)
 
         def finish(seq: _Seq, reason: str, text: str) -> None:
             job, r = seq.job, seq.job.req
@@ -340,7 +431,15 @@ class LlamaCppEngine:
             seq.feed = [token]
 
         batch = self._batch.batch
-        while pending or active:
+        while True:
+            if more is not None and free and not pending:
+                added = list(more())
+                if added:
+                    pending.extend(self._jobs(added, base=len(requests)))
+                    requests.extend(added)
+                    results.extend([None] * r.n for r in added)
+            if not (pending or active):
+                break
             while pending and free:
                 job = pending[0]
                 leader, share = best_source(job)
@@ -377,6 +476,7 @@ class LlamaCppEngine:
                 raise EngineError("llamacpp: internal scheduling error (nothing to decode)")
             batch.n_tokens = n
             rc = llama.llama_decode(self._ctx.ctx, batch)
+            copy_sources.clear()  # the decode carried the pending stream copies out
             self.decoded_tokens += n
             if rc != 0:
                 raise EngineError(f"llamacpp: llama_decode returned {rc} with {len(active)} sequences "

@@ -12,7 +12,9 @@ A responder returns a ``str`` (the text; for a request with ``choices`` it is al
 label when it is one of them), a ready :class:`Completion`, or an ``Exception`` instance, which
 the engine raises (as a back end does when it fails). Like the streaming back ends, it reports
 each sample through ``on_result`` as soon as it is done, so the response cache keeps the samples
-finished before a failure.
+finished before a failure. With ``accepts_more=True`` it also takes further requests while it runs
+(``generate(..., more=...)``), as the llama.cpp back end does: after each request it asks ``more()``
+and queues what comes back.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ class ScriptedEngine:
     name = "scripted"
     streams_results = True
 
-    def __init__(self, responder: Responder, model_id: str = "scripted"):
+    def __init__(self, responder: Responder, model_id: str = "scripted", *, accepts_more: bool = False):
         self.responder = responder
         self.model_id = model_id
+        self.accepts_more = accepts_more
         self.calls = 0
         """Samples produced (one per completion returned)."""
         self.batches = 0
@@ -64,14 +67,25 @@ class ScriptedEngine:
                           completion_tokens=_words(out), choice=choice)
 
     def generate(self, requests: Sequence[Request],
-                 on_result: Optional[Callable[[int, int, Completion], None]] = None) -> list[list[Completion]]:
+                 on_result: Optional[Callable[[int, int, Completion], None]] = None,
+                 more: Optional[Callable[[], Sequence[Request]]] = None) -> list[list[Completion]]:
         if self.closed:
             raise RuntimeError("ScriptedEngine.generate called after close()")
+        if more is not None and not self.accepts_more:
+            raise TypeError("this ScriptedEngine was made with accepts_more=False")
+        queue = list(requests)
         with self._lock:
             self.batches += 1
-            self.batch_sizes.append(len(requests))
+            self.batch_sizes.append(len(queue))
+            mine = len(self.batch_sizes) - 1
         results: list[list[Completion]] = []
-        for r, req in enumerate(requests):
+        r = 0
+        while True:
+            if r == len(queue) and more is not None:
+                queue.extend(more())
+            if r == len(queue):
+                break
+            req = queue[r]
             samples = []
             for i in range(req.n):
                 c = self._complete(req, req.sample_offset + i)
@@ -81,6 +95,11 @@ class ScriptedEngine:
                 if on_result is not None:
                     on_result(r, i, c)
             results.append(samples)
+            r += 1
+            if more is not None:
+                queue.extend(more())
+        with self._lock:
+            self.batch_sizes[mine] = len(queue)  # with the requests taken from more()
         return results
 
     def close(self) -> None:
