@@ -3,6 +3,7 @@
 Stages: :func:`cogpo_kit.crv.stage.run_critique` (01_critique) and
 :func:`cogpo_kit.crv.stage.run_rethink` (02_rethink). Building blocks: :mod:`.prompts` (Table 13),
 :mod:`.parse` (labels from free text), :mod:`.critic` (majority vote with early exit),
-:mod:`.rethink` (the rewrite-verify-recritique loop, incorrect CoTs), :mod:`.scheduler` (round-wide
-batching), :mod:`.funnel` (counts and costs), :mod:`.studies` (Tables 1 and 5).
+:mod:`.rethink` (the rewrite-verify-recritique loop, incorrect CoTs), :mod:`.scheduler` (streaming
+through one running engine, or round-wide batches), :mod:`.funnel` (counts and costs),
+:mod:`.studies` (Tables 1 and 5).
 """
