@@ -216,3 +216,17 @@ def test_a_streaming_engine_failing_names_the_roles_and_keeps_answers(tmp_path):
         Scheduler(agents).run([ask_label(agents.role("critic"), msgs + ({"role": "user", "content": str(k)},),
                                          votes=3) for k in range(2)])
     assert len(engine.entries()) == 2  # the first question, answered before the failure, is kept
+
+
+def test_a_workflow_error_while_streaming_comes_out_unchanged(tmp_path):
+    engine = CachedEngine(ScriptedEngine(lambda req, i: "easy", accepts_more=True), tmp_path / "c.sqlite",
+                          show_progress=False)
+    agents = agents_on(engine, CRVConfig(), roles=("critic",))
+    msgs = ({"role": "system", "content": "S"}, {"role": "user", "content": "u"})
+
+    def broken():
+        yield from ask_label(agents.role("critic"), msgs, votes=3)
+        raise ValueError("row 7: field 'answer' is empty")
+
+    with pytest.raises(ValueError, match="row 7"):
+        Scheduler(agents).run([broken()])

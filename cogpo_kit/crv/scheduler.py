@@ -45,6 +45,10 @@ class CRVError(RuntimeError):
     """An agent's engine failed; the message names the roles, the round and what was finished."""
 
 
+class _WorkflowFailed(Exception):
+    """A workflow raised while the engine was running: carried out of the engine unchanged."""
+
+
 def gather(*workflows: Workflow) -> Workflow:
     """Run workflows side by side; returns their results in order."""
     results: list[Any] = [None] * len(workflows)
@@ -143,14 +147,24 @@ class Scheduler:
         depth = [0] * len(workflows)
         owners: list[tuple[int, int]] = []  # request number -> (workflow, call index)
         outgoing: list[Request] = []
+        finished = [0]
+        step = max(1, len(workflows) // 10)
+        t0 = time.time()
+
+        def done(i: int, value: Any) -> None:
+            results[i] = value
+            bar.update(1)
+            finished[0] += 1
+            if finished[0] % step == 0 or finished[0] == len(workflows):
+                self._log("%d of %d workflows finished, %d requests sent, %.1f s", finished[0], len(workflows),
+                          len(owners), time.time() - t0)
 
         def push(i: int, calls: list[Call]) -> None:
             while not calls:  # nothing asked: answer at once
                 try:
                     calls = workflows[i].send([])
                 except StopIteration as stop:
-                    results[i] = stop.value
-                    bar.update(1)
+                    done(i, stop.value)
                     return
             depth[i] += 1
             waiting[i] = [[None] * len(calls), len(calls)]
@@ -167,12 +181,14 @@ class Scheduler:
                 return
             del waiting[i]
             try:
-                calls = workflows[i].send(slot[0])
-            except StopIteration as stop:
-                results[i] = stop.value
-                bar.update(1)
-                return
-            push(i, calls)
+                try:
+                    calls = workflows[i].send(slot[0])
+                except StopIteration as stop:
+                    done(i, stop.value)
+                    return
+                push(i, calls)
+            except Exception as exc:  # the workflow's own error, not the engine's
+                raise _WorkflowFailed(exc) from exc
 
         def more() -> list[Request]:
             out = outgoing[:]
@@ -183,11 +199,11 @@ class Scheduler:
             try:
                 push(i, next(wf))
             except StopIteration as stop:
-                results[i] = stop.value
-                bar.update(1)
-        t0 = time.time()
+                done(i, stop.value)
         try:
             self.agents.stream(key, on_done, more)
+        except _WorkflowFailed as failed:
+            raise failed.args[0]
         except Exception as exc:
             roles = sorted(self.agents.roles)
             raise CRVError(
