@@ -21,6 +21,10 @@ def test_stage_manifest(tmp_path):
     assert disk["counts"] == {"examples": 3} and disk["notes"] == ["no medium CoTs"]
     assert disk["inputs"][str(inp)] and m["wall_time_s"] >= 0
     assert "torch" in disk["packages"] and "git_commit" in disk["code_version"]
+    again = open_stage(run_dir(p), "critique", params_dict(p), inputs=[inp])
+    again.counts["examples"] = 3
+    again.note("no medium CoTs")
+    assert again.finish()["run_uid"] != m["run_uid"]  # a redone stage's manifest always differs
 
 
 def test_secrets_never_reach_manifest(tmp_path, monkeypatch):

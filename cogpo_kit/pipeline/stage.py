@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -130,6 +131,9 @@ class Stage:
             "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "argv": scrub_secrets(sys.argv)},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
             "wall_time_s": round(time.time() - self.started, 3),
+            # unique to this run of the stage: a redone stage's manifest never equals the one it
+            # replaces, even within the same second, so the stages reading it are redone too
+            "run_uid": uuid.uuid4().hex,
             **extra,
         }
         atomic_write_json(self.path / "manifest.json", manifest)
