@@ -14,10 +14,10 @@ of a request, the other requests of an agent with the same system prompt) copies
 cells and evaluates only what differs. The KV cells of finished prompts are saved in host memory
 (``prompt_cache_mb``, least recently used dropped first), so a prompt asked again later (a
 request's later samples, asked round after round, or the next request of the same agent) restores
-them instead of evaluating them again. The prompt is the model's own chat template from the GGUF file (the template llama-cpp-python's
-``create_chat_completion`` applies). Each sample has its own sampler chain and seed (derived from
-the request's seed and the sample index), so a sample does not depend on what else is in the
-batch. Label requests are constrained by a GBNF grammar; with ``thinking_end`` set the model
+them instead of evaluating them again. The prompt is the model's own chat template from the GGUF
+file (the template llama-cpp-python's ``create_chat_completion`` applies). Each sample has its own
+sampler chain and seed (derived from the request's seed and the sample index), so a sample does not
+depend on what else is in the batch. Label requests are constrained by a GBNF grammar; with ``thinking_end`` set the model
 first writes freely up to that marker, then the grammar applies.
 """
 
@@ -80,7 +80,6 @@ class _Saved:
     prompt: list[int]
     data: object
     size: int
-    leader: None = None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -112,6 +111,7 @@ class PromptStore:
         return iter(self.entries.values())
 
     def has(self, prompt: list[int]) -> bool:
+        """Whether ``prompt`` is saved; if so it becomes the most recently used."""
         key = tuple(prompt)
         if key in self.entries:
             self.entries.move_to_end(key)
