@@ -8,7 +8,14 @@ the same back end (one engine instance, loaded once), in one process:
   run), the Critic stops asking once two votes agree, a request's samples share their prompt, and a
   response cache (empty at the start, so every call is paid) sits under the engine;
 * **naive**: one example after the other, one request of one sample at a time, always all three
-  votes, no cache.
+  votes, no response cache. It runs in up to three variants (``--naive``), which differ only in what
+  the engine keeps of earlier prompts' KV cells:
+
+  - ``no-cache``: nothing; every prompt is evaluated in full;
+  - ``previous-prompt``: the previous request's prompt only, which is what a plain loop over
+    llama-cpp-python's ``Llama`` gets with no cache set (its single context reuses the common prefix
+    with the tokens it evaluated last): the second and third vote reuse the first one's prompt;
+  - ``prompt-store``: the kit's host-memory prompt store (``prompt_cache_mb``), as the kit has it.
 
 Labels are the same by construction (early exit on the same samples), so with a back end whose
 samples do not depend on their batch the two write the same ``sft.jsonl`` and ``incorrect.jsonl``;
@@ -16,7 +23,7 @@ the benchmark checks it. Results (examples per minute, LLM calls per example, ra
 ``benchmarks/results/crv.md``.
 
     python benchmarks/crv.py                                  # params/demo.yaml, 32 examples
-    python benchmarks/crv.py --limit 8 -o crv.rethinker.sampling.max_tokens=64
+    python benchmarks/crv.py --limit 8 -o crv.rethinker.sampling.max_tokens=64 --naive previous-prompt
 """
 
 from __future__ import annotations
@@ -48,11 +55,31 @@ from cogpo_kit.io import atomic_write_text  # noqa: E402
 from cogpo_kit.params import load_params  # noqa: E402
 
 
-def _run(label: str, params, records, engine, *, naive: bool, backend=None) -> dict:
+NAIVE = {
+    "no-cache": "naive, no cache",
+    "previous-prompt": "naive, previous prompt kept",
+    "prompt-store": "naive + prompt store",
+}
+
+
+def _run(label: str, params, records, engine, *, naive: bool, backend=None, keep: str = "prompt-store") -> dict:
+    """One implementation on ``records``; ``keep`` is what the engine keeps of earlier prompts (see NAIVE)."""
+    store = getattr(backend, "prompt_store", None)
+    if store is None:
+        return _timed(label, params, records, engine, naive=naive, backend=backend)
+    budget, entries = store.budget, store.max_entries
+    store.clear()  # no prompt saved by another implementation's run
+    store.budget = 0 if keep == "no-cache" else budget
+    store.max_entries = 1 if keep == "previous-prompt" else entries
+    try:
+        return _timed(label, params, records, engine, naive=naive, backend=backend)
+    finally:
+        store.budget, store.max_entries = budget, entries
+
+
+def _timed(label: str, params, records, engine, *, naive: bool, backend=None) -> dict:
     engines = {r: engine for r in ROLES}
     store = getattr(backend, "prompt_store", None)
-    if store is not None:  # no prompt saved by the other implementation's run
-        store.clear()
     restored0 = store.restored_tokens if store is not None else 0
     decoded0 = getattr(backend, "decoded_tokens", None)
     load0 = os.getloadavg()[0]
@@ -92,7 +119,7 @@ def _same_outputs(a: dict, b: dict) -> dict:
     return res
 
 
-def _table(kit: dict, naive: dict, same: dict, settings: dict) -> str:
+def _table(kit: dict, naives: list[dict], settings: dict) -> str:
     def row(r):
         return (f"| {r['label']} | {r['wall_s']:.0f} | {r['examples_per_min']:.2f} | {r['cpu_s']:.0f} | "
                 f"{r['examples_per_cpu_min']:.2f} | {r['paid']} | "
@@ -100,9 +127,16 @@ def _table(kit: dict, naive: dict, same: dict, settings: dict) -> str:
                 f"{r['prompt_tokens']} | {r['completion_tokens']} | {r['decoded_tokens'] if r['decoded_tokens'] is not None else 'n/a'} | "
                 f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |")
 
-    speed = kit["examples_per_min"] / naive["examples_per_min"]
-    speed_cpu = kit["examples_per_cpu_min"] / naive["examples_per_cpu_min"]
-    calls = naive["calls_per_example"] / kit["calls_per_example"]
+    def ratios(naive):
+        speed = kit["examples_per_min"] / naive["examples_per_min"]
+        speed_cpu = kit["examples_per_cpu_min"] / naive["examples_per_cpu_min"]
+        same = _same_outputs(kit, naive)
+        return (f"- over **{naive['label']}**: **{speed:.2f}× per wall-clock minute, {speed_cpu:.2f}× per CPU "
+                f"minute**; LLM calls per example {kit['calls_per_example']:.2f} vs {naive['calls_per_example']:.2f} "
+                f"({naive['calls_per_example'] / kit['calls_per_example']:.2f}× fewer); prompt tokens restored from "
+                f"the prompt store: {naive['restored_tokens']}; same outputs: "
+                + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
+
     kit_mode = ("streamed: each example's next calls join the running batch as soon as its last ones are answered "
                 "(one `generate` call per stage)" if kit["streamed"] else
                 "all pending requests of all examples per round, one `generate` call per engine per round")
@@ -116,24 +150,24 @@ def _table(kit: dict, naive: dict, same: dict, settings: dict) -> str:
         "| Critic calls | generate calls | prompt tokens | completion tokens | tokens through the model "
         "| load avg (start → end) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        row(kit), row(naive), "",
-        f"**Speed-up: {speed:.2f}× in examples per wall-clock minute, {speed_cpu:.2f}× per CPU minute** "
-        "(target ≥ 3×). LLM calls per example: "
-        f"{kit['calls_per_example']:.2f} vs {naive['calls_per_example']:.2f} ({calls:.2f}× fewer).", "",
-        "Same outputs (labels, `sft.jsonl`, `incorrect.jsonl`): "
-        + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()) + "."
-        + ("" if all(same.values()) else " The labels of the same samples are equal by construction; texts differ "
-           "where the back end's output for a sample depends on the other sequences decoded with it (batched "
-           "vs one at a time)."), "",
+        row(kit), *(row(n) for n in naives), "",
+        "Speed-up of the kit (target ≥ 3×):", "",
+        *(ratios(n) for n in naives), "",
+        "The labels of the same samples are equal by construction (outputs: labels, `sft.jsonl`, "
+        "`incorrect.jsonl`); texts can differ where the back end's output for a sample depends on the other "
+        "sequences decoded with it (batched vs one at a time).", "",
         f"- kit: {kit_mode}; the "
-        "Critic's third vote only where two disagree; the votes of one request share its prompt; response cache "
-        "empty at the start (every call paid).",
-        "- naive: one example at a time, one request of one sample at a time, always three votes, no cache.",
+        "Critic's third vote only where two disagree; the votes of one request share its prompt; the engine's "
+        f"prompt store (`prompt_cache_mb`) on, prompt tokens restored from it: {kit['restored_tokens']}; response "
+        "cache empty at the start (every call paid).",
+        "- naive: one example at a time, one request of one sample at a time, always three votes, no response "
+        "cache. What the engine keeps of earlier prompts' KV cells: *no cache*, nothing; *previous prompt "
+        "kept*, the previous request's prompt only (what a plain loop over llama-cpp-python's `Llama` gets "
+        "with no cache set: its one context reuses the prefix it evaluated last), so the second and third "
+        "vote reuse the first one's prompt; *+ prompt store*, the kit's prompt store.",
         "- Tokens through the model: prompt tokens not taken from another prompt's KV cells plus generated "
-        "tokens, i.e. the compute actually paid (the naive implementation runs on the same engine instance, so "
-        "it too reuses the KV cells of earlier prompts, e.g. for its second and third vote).",
-        "- The engine's host-memory prompt store (`prompt_cache_mb`) is emptied before each implementation "
-        f"runs; prompt tokens restored from it: kit {kit['restored_tokens']}, naive {naive['restored_tokens']}.",
+        "tokens, i.e. the compute actually paid.",
+        "- The prompt store is emptied before each implementation runs.",
         "- The machine is shared: wall time depends on what else runs (load average column); CPU time (this "
         "process, all threads) is the load-robust measure of the work each implementation needed.",
         "",
@@ -149,11 +183,18 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=32)
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "crv.md"))
+    ap.add_argument("--naive", default=",".join(NAIVE),
+                    help=f"naive variants to run, comma-separated (default: all of {', '.join(NAIVE)})")
     args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.naive.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in NAIVE]
+    if unknown or not variants:
+        raise SystemExit(f"--naive: unknown variant(s) {unknown or args.naive!r}; known: {', '.join(NAIVE)}")
     work = Path(tempfile.mkdtemp(prefix="crv-bench-"))
     base = [f"data.limit={args.limit}", "crv.free_label_probe=0", f"run.output_dir={work}", *args.overrides]
     kit_params = load_params([args.params], base + ["run.run_id=kit", "crv.early_exit=true"])
-    naive_params = load_params([args.params], base + ["run.run_id=naive", "crv.early_exit=false"])
+    naive_params = {v: load_params([args.params], base + [f"run.run_id=naive-{v}", "crv.early_exit=false"])
+                    for v in variants}
     records, _ = load_cot(kit_params.data)
     crv = kit_params.crv
     configs = {crv.critic.engine, crv.rethinker.engine, crv.verifier.engine}
@@ -164,10 +205,10 @@ def main(argv=None) -> int:
     try:
         kit_engine = CachedEngine(backend, work / "cache.sqlite", show_progress=False)
         kit = _run("kit", kit_params, records, kit_engine, naive=False, backend=backend)
-        naive = _run("naive", naive_params, records, backend, naive=True, backend=backend)
+        naives = [_run(NAIVE[v], naive_params[v], records, backend, naive=True, backend=backend, keep=v)
+                  for v in variants]
     finally:
         backend.close()
-    same = _same_outputs(kit, naive)
     settings = {
         "argv": sys.argv[1:], "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "engine": f"{cfg.engine} {cfg.model}",
@@ -175,7 +216,7 @@ def main(argv=None) -> int:
                               for name in ("critic", "rethinker", "verifier"))
         + f", T={crv.critic.sampling.temperature}, top_p={crv.critic.sampling.top_p}, top_k={crv.critic.sampling.top_k}",
     }
-    text = _table(kit, naive, same, settings)
+    text = _table(kit, naives, settings)
     atomic_write_text(args.out, text)
     print(text)
     return 0

@@ -153,3 +153,7 @@ def test_prompt_store_drops_least_recently_used_beyond_budget():
     store.add([7], data=b"d", size=101)  # larger than the whole budget: not kept
     assert store.bytes == 80 and not store.has([7])
     assert not PromptStore(0).budget
+    one = PromptStore(budget_bytes=100, max_entries=1)  # only the latest prompt, as a single context keeps it
+    one.add([1, 2], data=b"a", size=10)
+    one.add([3, 4], data=b"b", size=10)
+    assert [e.prompt for e in one] == [[3, 4]] and one.bytes == 10

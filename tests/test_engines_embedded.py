@@ -271,3 +271,31 @@ def test_llamacpp_takes_requests_while_it_runs(tmp_path):
     for k, r in enumerate(reqs):
         assert out[k][0].text == eng.backend.generate([r])[0][0].text, f"request {k}"
     eng.close()
+
+
+def test_llamacpp_every_step_is_one_run_of_consecutive_slots(tmp_path, monkeypatch):
+    """A sample waiting for another to evaluate their shared prompt holds no slot meanwhile, so every
+    step's sequences sit in consecutive slots (one pass over the weights for their first tokens), and
+    the samples come out as they do alone."""
+    import llama_cpp
+
+    steps = []
+    decode = llama_cpp.llama_decode
+
+    def recording(ctx, batch):
+        steps.append(sorted({batch.seq_id[i][0] for i in range(batch.n_tokens)}))
+        return decode(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording)
+    eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=3, prompt_cache_mb=0,
+                                    cache=CacheConfig(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
+    sp = SamplingConfig(temperature=0.8, seed=4, max_tokens=8)
+    shared = Request(messages=({"role": "system", "content": "You are a lighthouse keeper."},
+                               {"role": "user", "content": "Tell me about lighthouses. " * 40}), sampling=sp, n=2)
+    other = Request(messages=({"role": "system", "content": "Answer in one word."},
+                              {"role": "user", "content": "Name a colour."}), sampling=replace(sp, seed=9))
+    together = eng.backend.generate([shared, other])
+    assert steps and all(ids == list(range(ids[0], ids[0] + len(ids))) for ids in steps), steps[:4]
+    assert eng.backend.generate([other])[0][0].text == together[1][0].text
+    assert [c.text for c in eng.backend.generate([shared])[0]] == [c.text for c in together[0]]
+    eng.close()

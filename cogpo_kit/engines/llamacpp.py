@@ -11,14 +11,16 @@ weights per run of consecutive slots (benchmarks/kv_streams.py). The gap a finis
 is filled by moving the highest one down.
 Prompts share their evaluated prefix: a prompt starting like one being decoded (the other samples
 of a request, the other requests of an agent with the same system prompt) copies that prefix's KV
-cells and evaluates only what differs. The KV cells of finished prompts are saved in host memory
+cells and evaluates only what differs; until that prefix is evaluated it waits without a slot, so no
+step has an idle slot between busy ones. Each step gives every sequence one token and the rest of
+its ``N_BATCH`` tokens to prompts, shortest first. The KV cells of finished prompts are saved in host memory
 (``prompt_cache_mb``, least recently used dropped first), so a prompt asked again later (a
 request's later samples, asked round after round, or the next request of the same agent) restores
 them instead of evaluating them again. The prompt is the model's own chat template from the GGUF
 file (the template llama-cpp-python's ``create_chat_completion`` applies). Each sample has its own
 sampler chain and seed (derived from the request's seed and the sample index), so a sample does not
-depend on what else is in the batch. Label requests are constrained by a GBNF grammar; with ``thinking_end`` set the model
-first writes freely up to that marker, then the grammar applies.
+depend on what else is in the batch. Label requests are constrained by a GBNF grammar; with
+``thinking_end`` set the model first writes freely up to that marker, then the grammar applies.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from cogpo_kit.engines.llamacpp_model import auto_weights, converted_gguf, model
 
 N_BATCH = 512
 MIN_SHARE = 8
+MIN_CHUNK = 64
+"""Fewest prompt tokens a step gives a sequence beyond its first one, unless that ends its prompt: each
+sequence's extra tokens are a pass of their own over the weights, which a short chunk does not pay for."""
 
 
 @dataclass
@@ -97,10 +102,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 
 class PromptStore:
-    """Finished prompts' KV cells in host memory, least recently used dropped beyond ``budget`` bytes."""
+    """Finished prompts' KV cells in host memory, least recently used dropped beyond ``budget`` bytes
+    (or beyond ``max_entries`` prompts, when set)."""
 
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, max_entries: Optional[int] = None):
         self.budget = max(0, int(budget_bytes))
+        self.max_entries = max_entries
         self.entries: OrderedDict[tuple, _Saved] = OrderedDict()
         self.bytes = 0
         self.saved = 0
@@ -124,7 +131,7 @@ class PromptStore:
         self.entries[tuple(prompt)] = _Saved(prompt=list(prompt), data=data, size=size)
         self.bytes += size
         self.saved += 1
-        while self.bytes > self.budget:
+        while self.bytes > self.budget or (self.max_entries is not None and len(self.entries) > self.max_entries):
             _, old = self.entries.popitem(last=False)
             self.bytes -= old.size
 
@@ -178,18 +185,19 @@ class LlamaCppEngine:
         if self.n_parallel < config.batch_size:
             self.logger.info("llamacpp: %d sequences in parallel (KV cache of %d MB for %d-token contexts)",
                              self.n_parallel, config.kv_cache_mb, self.n_ctx)
+        self.n_batch = max(N_BATCH, self.n_parallel)  # every active sequence gets a token in each step
         cp = llama_cpp.llama_context_default_params()
         cp.n_seq_max = self.n_parallel
         cp.n_ctx = self.n_ctx * cp.n_seq_max
-        cp.n_batch = N_BATCH
-        cp.n_ubatch = N_BATCH
+        cp.n_batch = self.n_batch
+        cp.n_ubatch = self.n_batch
         cp.kv_unified = False  # one KV stream per sequence: attention only over its own cells
         cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # faster here on CPU, as create_chat_completion
         cp.n_threads = cp.n_threads_batch = cpu_threads(config.threads)
         cp.no_perf = True
         self._ctx = internals.LlamaContext(model=self._model, params=cp, verbose=False)
         self.n_ctx = min(self.n_ctx, int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx)))
-        self._batch = internals.LlamaBatch(n_tokens=N_BATCH, embd=0, n_seq_max=1, verbose=False)
+        self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
         self._vocab = self._model.vocab
         meta = self._model.metadata()
         template = meta.get("tokenizer.chat_template")
@@ -295,20 +303,25 @@ class LlamaCppEngine:
         free = list(range(self.n_parallel))[::-1]
         store = self.prompt_store  # finished prompts of this batch and earlier ones
         copy_sources: set[int] = set()  # streams read by a copy not yet carried out
-        active: list[_Seq] = []
+        active: list[_Seq] = []  # sequences holding a slot (KV stream)
+        waiting: list[_Seq] = []  # sequences whose leader has not evaluated their prefix yet: no slot
         think = self.config.thinking_end
 
-        def start(job: _Job, slot: int, leader: Optional[object], share: int) -> _Seq:
+        def start(job: _Job, leader: Optional[object], share: int) -> None:
             r = job.req
             constrained_now = r.choices is not None and not think
             grammar = choices_grammar(r.choices) if constrained_now else None
-            llama.llama_memory_seq_rm(mem, slot, -1, -1)
-            seq = _Seq(job=job, slot=slot, feed=list(job.prompt[share:]), pos=share,
+            seq = _Seq(job=job, slot=-1, feed=list(job.prompt[share:]), pos=share,
                        sampler=self._sampler(r, job.seed, grammar), phase=1,
                        leader=leader, share=share)
-            if isinstance(leader, _Saved) and slot not in copy_sources:
+            if isinstance(leader, _Seq):  # takes a slot once the leader has evaluated the prefix
+                waiting.append(seq)
+                return
+            seq.slot = free.pop()
+            llama.llama_memory_seq_rm(mem, seq.slot, -1, -1)
+            active.append(seq)
+            if isinstance(leader, _Saved) and seq.slot not in copy_sources:
                 restore(seq)
-            return seq
 
         def restore(seq: _Seq) -> None:
             """Write a saved prompt's cells into ``seq``'s stream and keep the shared prefix.
@@ -328,11 +341,11 @@ class LlamaCppEngine:
                 seq.share, seq.pos, seq.feed = 0, 0, list(seq.job.prompt)
 
         def best_source(job: _Job) -> tuple[Optional[object], int]:
-            """The prompt sharing the longest prefix with ``job`` (at least MIN_SHARE): an active
-            sequence or a finished one saved in host memory (an active one on a tie)."""
+            """The prompt sharing the longest prefix with ``job`` (at least MIN_SHARE): a running or
+            waiting sequence, or a finished one saved in host memory (a running one on a tie)."""
             best, best_n = None, 0
             limit = len(job.prompt) - 1  # the last prompt token is always evaluated: its logits are ours
-            for s in active + list(store):
+            for s in active + waiting + list(store):
                 n = common_prefix(s.prompt, job.prompt, limit)
                 if n > best_n:
                     best, best_n = s, n
@@ -359,16 +372,29 @@ class LlamaCppEngine:
             free.sort(reverse=True)  # pop() takes the lowest free slot
 
         def link_ready() -> None:
-            """Give waiting sequences the prefix their leader has evaluated by now."""
+            """Give waiting sequences the prefix their leader has evaluated by now.
+
+            A sequence waiting for a leader holds no slot meanwhile (its slot is kept free for it): a
+            slot without tokens in a step would split that step into more passes over the weights.
+            It takes the lowest free slot, next to the others after :func:`compact`.
+            """
             for s in active:
-                if isinstance(s.leader, _Saved):
-                    if s.slot not in copy_sources:
-                        restore(s)
-                elif s.leader is not None and s.leader.leader is None and s.leader.pos >= s.share:
-                    llama.llama_memory_seq_cp(mem, s.leader.slot, s.slot, -1, -1)  # streams copy whole
+                if isinstance(s.leader, _Saved) and s.slot not in copy_sources:
+                    restore(s)
+            still = []
+            for s in waiting:
+                lead = s.leader
+                if lead.leader is None and lead.pos >= s.share:
+                    s.slot = free.pop()
+                    llama.llama_memory_seq_rm(mem, s.slot, -1, -1)
+                    llama.llama_memory_seq_cp(mem, lead.slot, s.slot, -1, -1)  # streams copy whole
                     llama.llama_memory_seq_rm(mem, s.slot, s.share, -1)
-                    copy_sources.add(s.leader.slot)
+                    copy_sources.add(lead.slot)
                     s.leader = None
+                    active.append(s)
+                else:
+                    still.append(s)
+            waiting[:] = still
 
         def keep(seq: _Seq) -> None:
             """Save a finished prompt's KV cells in host memory for the prompts still to come."""
@@ -432,27 +458,32 @@ class LlamaCppEngine:
 
         batch = self._batch.batch
         while True:
-            if more is not None and free and not pending:
+            if more is not None and len(free) > len(waiting) and not pending:
                 added = list(more())
                 if added:
                     pending.extend(self._jobs(added, base=len(requests)))
                     requests.extend(added)
                     results.extend([None] * r.n for r in added)
-            if not (pending or active):
+            if not (pending or active or waiting):
                 break
-            while pending and free:
-                job = pending[0]
-                leader, share = best_source(job)
-                pending.popleft()
-                active.append(start(job, free.pop(), leader, share))
+            while pending and len(free) > len(waiting):  # a waiting sequence's slot is kept for it
+                job = pending.popleft()
+                start(job, *best_source(job))
             if free:
                 compact()
             link_ready()
-            budget, plan = N_BATCH, []
-            for seq in sorted(active, key=lambda s: len(s.feed)):  # decoding sequences before prompts
-                if seq.feed and seq.leader is None and budget > 0:
-                    plan.append((seq, min(len(seq.feed), budget)))
-                    budget -= plan[-1][1]
+            # Every sequence with tokens to feed gets one (so the step's first pass runs over all of
+            # them, in consecutive slots); what is left goes to prompts, shortest first, in chunks of
+            # at least MIN_CHUNK tokens or the prompt's rest.
+            ready = [s for s in active if s.feed and s.leader is None]
+            budget = self.n_batch - len(ready)
+            plan = []
+            for seq in sorted(ready, key=lambda s: len(s.feed)):
+                extra = min(len(seq.feed) - 1, budget)
+                if extra < len(seq.feed) - 1 and extra < MIN_CHUNK:
+                    extra = 0
+                plan.append((seq, 1 + extra))
+                budget -= extra
             # In slot order: with one KV stream per sequence, llama.cpp puts a sequence into the current
             # micro-batch only if its slot follows the previous one's in the batch, so any other order
             # splits one decode step into several passes over the weights.
