@@ -169,7 +169,8 @@ def _table(kit: dict, naives: list[dict], settings: dict) -> str:
         "tokens, i.e. the compute actually paid.",
         "- The prompt store is emptied before each implementation runs.",
         "- The machine is shared: wall time depends on what else runs (load average column); CPU time (this "
-        "process, all threads) is the load-robust measure of the work each implementation needed.",
+        "process, all threads) varies less with load, but not nothing: OpenMP threads wait and spin longer on a "
+        "busy CPU. Tokens through the model is the measure of the work that does not vary.",
         "",
         f"Funnel (kit): levels {kit['levels']}, D_SFT* {kit['funnel']['sft']}, incorrect CoTs "
         f"{kit['funnel']['incorrect']['found']} of {kit['examples']}.",
