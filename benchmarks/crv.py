@@ -18,8 +18,8 @@ the same back end (one engine instance, loaded once), in one process:
   - ``prompt-store``: the kit's host-memory prompt store (``prompt_cache_mb``), as the kit has it.
 
 Labels are the same by construction (early exit on the same samples), so with a back end whose
-samples do not depend on their batch the two write the same ``sft.jsonl`` and ``incorrect.jsonl``;
-the benchmark checks it. Results (examples per minute, LLM calls per example, ratios) go to
+samples do not depend on their batch the kit and every naive variant write the same ``sft.jsonl``
+and ``incorrect.jsonl``; the benchmark checks it against each variant. Results (examples per minute, LLM calls per example, ratios) go to
 ``benchmarks/results/crv.md``.
 
     python benchmarks/crv.py                                  # params/demo.yaml, 32 examples
