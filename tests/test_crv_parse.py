@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cogpo_kit.crv import prompts
-from cogpo_kit.crv.answers import ends_with_boxed, final_response
+from cogpo_kit.answers.response import FINAL_LINE, ends_with_boxed, format_response
 from cogpo_kit.crv.parse import completion_label, parse_label
 from cogpo_kit.engines.base import Completion
 
@@ -91,15 +91,15 @@ def test_agent_config_rejects_a_bad_template():
         load_params([], ["crv.critic.user_template='{problem} {reasoning} {oops}'"])
 
 
-def test_final_response_ends_with_the_reached_answer():
-    assert final_response("2+2=4", "4") == "2+2=4\n\nThe final answer is \\boxed{4}"
+def test_format_response_ends_with_the_reached_answer():
+    assert format_response("2+2=4", "4") == "2+2=4\n\n" + FINAL_LINE.format(answer="4")
     already = "So we get 5.\nThe answer is $\\boxed{5}$."
-    assert final_response(already + "\n\n", "5") == already
+    assert format_response(already + "\n\n", "5") == already
     assert ends_with_boxed(already) and not ends_with_boxed("\\boxed{3} then more text\nand more")
 
 
 def test_reached_answer_of_a_stated_computation_is_its_result():
-    from cogpo_kit.crv.answers import reached_answer
+    from cogpo_kit.answers.response import reached_answer
 
     assert reached_answer("Ella has 40 and Marion 24. So, the answer is 40 + 24 = 64.") == "64"
     assert reached_answer("We need x. Solving gives the answer is $x = 5$.") == "x = 5"

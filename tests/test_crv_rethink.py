@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import pytest
 
+from cogpo_kit.answers.response import FINAL_LINE
 from cogpo_kit.crv.agents import ROLES, agents_on
 from cogpo_kit.crv.config import CRVConfig
 from cogpo_kit.crv.rethink import Rethink, incorrect_row, sft_row
@@ -72,7 +73,7 @@ def test_failed_attempt_goes_back_to_the_rethinker_with_a_new_sample_index():
     assert out.attempts[1]["rerating"]["level"] == "medium"
     row = sft_row(REC, out)
     assert row["reasoning"] == "Tom starts with 3. He buys 4. 3 + 4 = 7."
-    assert row["response"].endswith("The final answer is \\boxed{7}") and row["origin"] == "easy*"
+    assert row["response"].endswith(FINAL_LINE.format(answer="7")) and row["origin"] == "easy*"
     # the Critic re-rated with early exit: two agreeing votes
     assert len(script.log["critic"]) == 2
 
@@ -84,7 +85,7 @@ def test_rerated_not_medium_and_wrong_answers_fail_until_discarded():
         verifier=lambda r, i: "YES",
         critic=lambda r, i: "hard" if "Long" in r else "medium",
     )
-    (out,), _ = run(script, CRVConfig(max_attempts=3), lambda rt: [rt.example(REC, "hard")])
+    (out,), _ = run(script, CRVConfig(max_attempts=3, check_final_answer=True), lambda rt: [rt.example(REC, "hard")])
     assert not out.kept and out.reason == "max_attempts"
     assert [a["outcome"] for a in out.attempts] == ["rerated_hard", "wrong_final_answer", "rerated_hard"]
     # the wrong-answer rewrite never reached the Verifier
@@ -113,16 +114,17 @@ def test_garbage_labels_are_reasked_then_fail_the_attempt():
 @pytest.mark.parametrize("ablation", ["C", "CR", "CRV"])
 def test_ablations(ablation):
     script = Script(expand=lambda r, i: "He has 3 + 4 = 8 apples.", verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
-    outs, _ = run(script, CRVConfig(ablation=ablation), lambda rt: [rt.example(REC, "medium"), rt.example(REC, "easy")])
+    crv = CRVConfig(ablation=ablation, check_final_answer=True)
+    outs, _ = run(script, crv, lambda rt: [rt.example(REC, "medium"), rt.example(REC, "easy")])
     medium, easy = outs
     assert medium.kept
     if ablation == "C":
         assert not easy.kept and easy.reason == "not_medium_ablation_C"
         assert not script.log  # no agent was asked anything
     elif ablation == "CR":
-        # rewrites without verification: the wrong answer is not checked, and the response ends with it
-        assert easy.kept and "verifier" not in script.log
-        assert sft_row(REC, easy)["response"].endswith("\\boxed{8}")
+        # Table 6 "w. CR": the first rewrite, neither verified nor re-rated; its response ends with its own answer
+        assert easy.kept and easy.attempt == 1 and "verifier" not in script.log and "critic" not in script.log
+        assert sft_row(REC, easy)["response"].endswith(FINAL_LINE.format(answer="8"))
     else:
         assert not easy.kept and {a["outcome"] for a in easy.attempts} == {"wrong_final_answer"}
         assert len(script.log["verifier"]) == 1  # medium only
@@ -145,21 +147,31 @@ def test_student_solve_verifier_mode_follows_the_cot_without_the_answer():
 
 def test_incorrect_cot_must_not_reach_the_gold_answer():
     script = Script(corrupt=by_index("He has 3 + 4 = 7 apples.", "3*4 = 12, so the answer is 12", "unused"))
-    (out,), _ = run(script, CRVConfig(), lambda rt: [rt.incorrect(REC)])
+    (out,), _ = run(script, CRVConfig(incorrect_check="answer_differs"), lambda rt: [rt.incorrect(REC)])
     assert out.found and out.attempt == 2 and out.reached == "12"
     assert [a["outcome"] for a in out.attempts] == ["reaches_gold", "kept"]
     row = incorrect_row(REC, out, "easy")
     assert row["reached_answer"] == "12" and row["answer"] == "7"
-    assert row["response"].endswith("The final answer is \\boxed{12}") and "boxed{7}" not in row["response"]
+    assert row["response"].endswith(FINAL_LINE.format(answer="12")) and "boxed{7}" not in row["response"]
+
+
+def test_incorrect_cot_as_the_paper_makes_it_is_not_checked():
+    """Paper (Table 13 prompt, Tables 11-12): the corrupted CoT is kept as written, even when it reaches the gold."""
+    script = Script(corrupt=by_index("He has 3 + 4 = 7 apples.", "unused"), verifier=lambda r, i: "YES")
+    (out,), _ = run(script, CRVConfig(), lambda rt: [rt.incorrect(REC)])
+    assert out.found and out.attempt == 1 and out.reached == "7" and "verifier" not in script.log
+    assert [a["outcome"] for a in out.attempts] == ["kept_unchecked"]
+    assert incorrect_row(REC, out, "easy")["response"].endswith(FINAL_LINE.format(answer="7"))
 
 
 def test_incorrect_cot_optional_verifier_no_and_exhaustion():
     script = Script(corrupt=by_index("He has 3 - 4 = -1 apples.", "Nothing numeric here", "He has 3 * 4 = 12 apples."),
                     verifier=lambda r, i: "YES" if "-1" in r else "NO")
-    (out,), _ = run(script, CRVConfig(incorrect_require_verifier_no=True), lambda rt: [rt.incorrect(REC)])
+    (out,), _ = run(script, CRVConfig(incorrect_check="verifier_no"), lambda rt: [rt.incorrect(REC)])
     assert [a["outcome"] for a in out.attempts] == ["verifier_yes", "no_final_answer", "kept"]
     script = Script(corrupt=lambda r, i: "He has 3 + 4 = 7 apples.")
-    (out,), _ = run(script, CRVConfig(incorrect_max_attempts=2), lambda rt: [rt.incorrect(REC)])
+    (out,), _ = run(script, CRVConfig(incorrect_max_attempts=2, incorrect_check="answer_differs"),
+                    lambda rt: [rt.incorrect(REC)])
     assert not out.found and out.reason == "max_attempts" and len(out.attempts) == 2
 
 
@@ -177,7 +189,7 @@ def test_equal_level_subsets():
     assert subsets == equal_level_subsets(recs, levels, 2, seed=3)[0]
     big, notes = equal_level_subsets(recs, levels, 5)
     assert {len(v) for v in big.values()} == {3} and "not 5" in notes[0]
-    assert big["hard"][0]["response"].endswith("\\boxed{2}")
+    assert big["hard"][0]["response"].endswith(FINAL_LINE.format(answer="2"))
 
 
 def test_rate_models_tabulates_levels_per_model():
@@ -194,3 +206,81 @@ def test_rate_models_tabulates_levels_per_model():
     assert engine.calls == 10 and "| easy | 2 | 0 |" in out["markdown"]
     with pytest.raises(ValueError, match="item 0"):
         rate_models([("only", "two")], agents)
+
+
+def test_truncated_or_unclosed_outputs_never_become_data():
+    from cogpo_kit.engines.base import Completion
+
+    cut = Completion(text="Tom has 3 apples and then he", finish_reason="length", completion_tokens=8)
+    script = Script(expand=by_index(cut, "He has 3 + 4 = 7 apples."), corrupt=by_index(cut, "3 * 4 = 12."),
+                    verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
+    outs, _ = run(script, CRVConfig(), lambda rt: [rt.example(REC, "easy"), rt.incorrect(REC)])
+    easy, inc = outs
+    assert [a["outcome"] for a in easy.attempts] == ["truncated", "kept"] and easy.attempt == 2
+    assert [a["outcome"] for a in inc.attempts] == ["truncated", "kept_unchecked"] and inc.reached == "12"
+    assert "Tom has 3 apples and then he" not in (easy.reasoning, inc.reasoning)
+
+
+def test_a_reasoning_agent_whose_thinking_never_closed_fails_its_attempt():
+    from cogpo_kit.engines.config import EngineConfig
+
+    thinking = CRVConfig().rethinker.__class__(engine=EngineConfig(thinking_end="</think>"))
+    crv = CRVConfig(rethinker=thinking)
+    script = Script(expand=by_index("<think>Let me expand this, 3 + 4", "<think>ok</think>He has 3 + 4 = 7 apples."),
+                    verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
+    (out,), _ = run(script, crv, lambda rt: [rt.example(REC, "easy")])
+    assert [a["outcome"] for a in out.attempts] == ["thinking_unclosed", "kept"]
+    assert out.reasoning == "He has 3 + 4 = 7 apples."
+
+
+# --- the final-answer gate by problem kind (Bespoke-Stratos code rows) ------------------------------
+BESPOKE_CODE_PROBLEM = ("Generate an executable Python function generated from the given prompt. The function should "
+                        "take stdin as input and print the output. Simply call the function after the definition."
+                        "Read two integers a and b from one line and print their sum.")
+CODE_SOLUTION = "```python\ndef main():\n    a, b = map(int, input().split())\n    print(a + b)\n\nmain()\n```"
+
+
+def bespoke_code_record(tmp_path, **extra) -> CoTRecord:
+    """A code row in Bespoke-Stratos' own format, read by the kit's loader."""
+    import json
+
+    from cogpo_kit.data.loaders import load_source
+
+    row = {"system": "Your role as an assistant involves thoroughly exploring questions ...",
+           "conversations": [
+               {"from": "user", "value": BESPOKE_CODE_PROBLEM},
+               {"from": "assistant", "value": "<|begin_of_thought|>\n\nWe split the line, convert, add.\n\n"
+                                              "<|end_of_thought|>\n\n<|begin_of_solution|>\n\n" + CODE_SOLUTION
+                                              + "\n\n<|end_of_solution|>"}],
+           **extra}
+    path = tmp_path / "bespoke.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    records, _ = load_source("bespoke_stratos", path=path)
+    return records[0]
+
+
+def test_code_rewrite_without_tests_is_kept_and_the_skipped_gate_counted(tmp_path):
+    rec = bespoke_code_record(tmp_path)
+    rewrite = "First read the two numbers, then add them.\n\n" + CODE_SOLUTION
+    script = Script(expand=lambda r, i: rewrite, verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
+    crv = CRVConfig(check_final_answer=True)
+    (out,), _ = run(script, crv, lambda rt: [rt.example(rec, "easy")])
+    assert out.kept and out.attempt == 1 and out.attempts[0]["gate"] == "skipped_code_without_tests"
+    row = sft_row(rec, out)
+    assert row["response"] == rewrite  # a code response carries its own solution: no boxed line
+    from cogpo_kit.crv.funnel import rethink_funnel
+    funnel = rethink_funnel({"easy": 1, "medium": 0, "hard": 0, "none": 0}, [out], [])
+    assert funnel["answer_gate"]["rewrite"] == {"skipped_code_without_tests": 1}
+
+
+def test_code_rewrite_runs_against_the_row_tests(tmp_path):
+    import json
+
+    tests = json.dumps({"inputs": ["1 2\n", "10 -3\n"], "outputs": ["3\n", "7\n"]})
+    rec = bespoke_code_record(tmp_path, test_cases=tests)
+    wrong = "Subtract them.\n\n" + CODE_SOLUTION.replace("a + b", "a - b")
+    right = "Add them.\n\n" + CODE_SOLUTION
+    script = Script(expand=by_index(wrong, right), verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
+    (out,), _ = run(script, CRVConfig(check_final_answer=True), lambda rt: [rt.example(rec, "easy")])
+    assert [a["outcome"] for a in out.attempts] == ["tests_failed", "kept"]
+    assert out.attempts[1]["gate"] == "tests_passed" and out.reasoning == right

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from cogpo_kit.answers.response import FINAL_LINE
 from cogpo_kit.crv.agents import ROLES
 from cogpo_kit.crv.scheduler import CRVError
 from cogpo_kit.crv.stage import run_critique, run_rethink
@@ -53,7 +54,8 @@ def agent_like(req: Request, i: int) -> str:
 
 def params_for(tmp_path, *extra):
     return load_params([], [f"run.output_dir={tmp_path}", "run.run_id=t", "data.source=gsm8k_train",
-                            "data.limit=10", *extra])
+                            "data.limit=10", "crv.check_final_answer=true", "crv.incorrect_check=answer_differs",
+                            *extra])
 
 
 def cached(responder, path, *, stream=False):
@@ -104,7 +106,7 @@ def test_stages_write_the_artifacts_and_the_funnel(tmp_path):
     assert inc and f2["incorrect"]["found"] == len(inc)
     for row in inc:
         assert row["reached_answer"] != row["answer"] and not grade(row["reached_answer"], row["answer"])
-        assert row["response"].endswith(f"\\boxed{{{row['reached_answer']}}}")
+        assert row["response"].endswith(FINAL_LINE.format(answer=row["reached_answer"]))
     kinds = {r["kind"] for r in rewrites}
     assert "corrupt" in kinds and kinds & {"expand", "simplify", "medium"}
     assert all("outcome" in r for r in rewrites)

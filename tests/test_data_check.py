@@ -165,3 +165,16 @@ def test_zip_that_is_not_a_zip(tmp_path):
         zf.writestr("a/b.csv", "1,2\n")
     code, text = run_check(str(good))
     assert code == 0 and "a/b.csv (4 bytes)" in text
+
+
+def test_check_counts_the_answer_format_instructions_removed(tmp_path):
+    reply = ("<|begin_of_thought|>\n\nt\n\n<|end_of_thought|>\n\n"
+             "<|begin_of_solution|>\n\n\\boxed{7}\n\n<|end_of_solution|>")
+    rows = [{"system": "s", "conversations": [{"from": "user", "value": user}, {"from": "assistant", "value": reply}]}
+            for user in ("Return your final response within \\boxed{}. What is 3+4?", "What is 5+2?")]
+    f = tmp_path / "export.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, text = run_check(str(f))
+    assert code == 0 and "valid:          2" in text
+    assert re.search(r"^format instruction removed from problems: 1$", text, re.M), text
+    assert re.search(r"^  boxed\s+1$", text, re.M), text

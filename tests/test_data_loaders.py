@@ -162,12 +162,139 @@ def test_bespoke_stratos_local_export(tmp_path):
     assert rep.valid == 3 and rep.paths == [str(f)]
     r0, r1, r2 = recs
     assert r0.id == "bespoke_stratos-0" and r0.source == "bespoke_stratos"
-    assert r0.problem.startswith("Return your final response") and r0.answer == "\\frac{1}{2}"
+    assert r0.problem == "What is 1/2 + 0?" and r0.answer == "\\frac{1}{2}"
     assert r0.reasoning == "Half plus nothing is half. Wait, check: 1/2 + 0 = 1/2."
     assert r0.meta["solution"] == "The sum is \\(\\boxed{\\frac{1}{2}}\\)."
     assert r0.meta["system"].startswith("Your role") and "conversations" not in r0.meta
     assert r1.answer == "def f():\n    print('hi')"  # no \boxed: the solution itself
     assert r2.answer == "2"  # the last box
+
+
+# ---------------------------------------------------------------- the dataset's own answer-format instruction
+
+# Rows as Bespoke-Stratos-17k / OpenThoughts-114k hold them (the generation code of both: a ShareGPT row with
+# the Sky-T1 system prompt; math problems prefixed "Return your final response within \\boxed{}. ", code
+# problems with the APPS/TACO instruction glued to the statement and any starter code after a newline;
+# science and puzzle problems as they are).
+SKY_T1_SYSTEM = ("Your role as an assistant involves thoroughly exploring questions through a systematic long "
+                 "thinking process before providing the final precise and accurate solutions. ...")
+CODE_STDIN = ("Generate an executable Python function generated from the given prompt. The function should take "
+              "stdin as input and print the output. Simply call the function after the definition.")
+CODE_FUNCTION = ("Generate an executable Python function generated from the given prompt. Return the function "
+                 "body without invoking it at the final solution.")
+STARTER = "class Solution:\n    def countPairs(self, nums: List[int]) -> int:\n        "
+MATH_PROBLEM = ("The operation $\\otimes$ is defined for all nonzero numbers by $a\\otimes b =\\frac{a^{2}}{b}$. "
+                "Determine $[(1\\otimes 2)\\otimes 3]-[1\\otimes (2\\otimes 3)]$.")
+STDIN_PROBLEM = "Vasya has n coins.\n\n-----Input-----\n\nOne integer n.\n\n-----Output-----\n\nPrint n + 1."
+FUNCTION_PROBLEM = "Given an array nums, return the number of pairs i < j with nums[i] == nums[j]."
+SCIENCE_PROBLEM = "Which gas do plants take in for photosynthesis?"
+QUOTING_PROBLEM = ("A grader asks models to Return your final response within \\boxed{}. How many words does "
+                   "that sentence have?")
+
+
+def bespoke_row(user: str, thought: str, solution: str) -> dict:
+    return {"system": SKY_T1_SYSTEM,
+            "conversations": [{"from": "user", "value": user},
+                              {"from": "assistant", "value": stratos_reply(thought, solution)}]}
+
+
+BESPOKE_ROWS = [
+    bespoke_row("Return your final response within \\boxed{}. " + MATH_PROBLEM, "Compute both sides.",
+                "The difference is \\boxed{A}."),
+    bespoke_row(CODE_STDIN + STDIN_PROBLEM, "Read n, print n + 1.",
+                "```python\ndef main():\n    print(int(input()) + 1)\nmain()\n```"),
+    bespoke_row(CODE_FUNCTION + FUNCTION_PROBLEM + "\n" + STARTER, "Count equal values.",
+                "```python\nclass Solution:\n    def countPairs(self, nums):\n        return 0\n```"),
+    bespoke_row(SCIENCE_PROBLEM, "Carbon dioxide.", "\\boxed{CO_2}"),
+    bespoke_row(QUOTING_PROBLEM, "Count them.", "\\boxed{7}"),
+]
+"""Three problems with the dataset's instruction (math, code stdin, code call-based), two without."""
+
+
+def test_bespoke_answer_format_instruction_is_stripped_and_counted(tmp_path):
+    f = write_jsonl(tmp_path / "bespoke.jsonl", BESPOKE_ROWS)
+    recs, rep = load_cot(DataConfig(source="bespoke_stratos", path=str(f), shuffle=False))
+    math, stdin, function, science, quoting = recs
+    assert math.problem == MATH_PROBLEM and math.answer == "A"
+    # a code row's instruction says what program to write (stdin or a function body): it stays
+    assert stdin.problem == CODE_STDIN + STDIN_PROBLEM
+    assert function.problem == CODE_FUNCTION + FUNCTION_PROBLEM + "\n" + STARTER
+    assert science.problem == SCIENCE_PROBLEM and quoting.problem == QUOTING_PROBLEM  # nothing to strip
+    assert math.meta["format_instructions"] == ["Return your final response within \\boxed{}."]
+    assert all("format_instructions" not in r.meta for r in (stdin, function, science, quoting))
+    assert not any("Return your final response" in r.problem for r in (math, stdin, function))
+    assert rep.stripped == 1
+    assert rep.stripped_by_instruction == {"boxed": 1}
+    d = rep.to_dict()
+    assert d["format_instructions_stripped"] == 1 and d["format_instructions"] == rep.stripped_by_instruction
+    assert (rep.read, rep.valid, rep.n_rejected) == (5, 5, 0)
+
+
+def test_stripping_can_be_turned_off(tmp_path):
+    f = write_jsonl(tmp_path / "bespoke.jsonl", BESPOKE_ROWS)
+    recs, rep = load_cot(DataConfig(source="bespoke_stratos", path=str(f), shuffle=False,
+                                    strip_format_instructions=False))
+    assert [r.problem for r in recs] == [r["conversations"][0]["value"] for r in BESPOKE_ROWS]
+    assert rep.stripped == 0 and rep.stripped_by_instruction == {}
+    assert not any("format_instructions" in r.meta for r in recs)
+
+
+def test_openthoughts_parquet_counts_the_valid_rows_before_the_limit(tmp_path):
+    # OpenThoughts-114k's default config: the same system + conversations rows, parquet shards
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(BESPOKE_ROWS), tmp_path / "data" / "train-00000-of-00001.parquet")
+    recs, rep = load_cot(DataConfig(source="openthoughts", path=str(tmp_path), limit=2, seed=3))
+    assert rep.stripped == 1 and rep.kept == 2  # counted over the valid rows, before the limit
+    assert all(not r.problem.startswith("Return your final") for r in recs)
+
+
+def test_sky_t1_variants_and_trailing_instructions(tmp_path):
+    rows = [  # Sky-T1's generation code concatenated "\\boxed{{}}" unformatted; its 32B-Preview prompt puts it last
+        bespoke_row("Return your final response within \\boxed{{}}. What is 2+3?", "5", "\\boxed{5}"),
+        bespoke_row("What is 2+4?\nReturn your final response within \\boxed{}", "6", "\\boxed{6}"),
+        bespoke_row("What is 2+5? Please reason step by step, and put your final answer within \\boxed{}.",
+                    "7", "\\boxed{7}"),
+        bespoke_row("Return your final response within \\boxed{} and only include the letter choice (A, B, C, or D) "
+                    "as your final response. Which is prime?\nA) 4, B) 6, C) 7, D) 9", "7 is.", "\\boxed{C}"),
+    ]
+    f = write_jsonl(tmp_path / "sky.jsonl", rows)
+    recs, rep = load_cot(DataConfig(source="sky_t1", path=str(f), shuffle=False))
+    assert [r.problem for r in recs] == ["What is 2+3?", "What is 2+4?", "What is 2+5?",
+                                         "Which is prime?\nA) 4, B) 6, C) 7, D) 9"]
+    assert rep.stripped_by_instruction == {"boxed": 1, "boxed_trailing": 1, "step_by_step_boxed": 1,
+                                           "boxed_letter": 1}
+
+
+def test_a_problem_that_is_only_the_instruction_is_rejected(tmp_path):
+    f = write_jsonl(tmp_path / "b.jsonl", [BESPOKE_ROWS[0],
+                                           bespoke_row("Return your final response within \\boxed{}. ", "t", "s")])
+    recs, rep = load_cot(DataConfig(source="bespoke_stratos", path=str(f), on_invalid="reject"))
+    assert len(recs) == 1 and rep.rejected == {"empty_field": 1} and rep.stripped == 1
+    assert "only an answer-format instruction" in rep.rejects[0].message and rep.rejects[0].line == 2
+
+
+def test_critique_stage_sees_one_instruction_and_reports_the_count(tmp_path):
+    from cogpo_kit.crv.agents import ROLES
+    from cogpo_kit.crv.stage import run_critique
+    from cogpo_kit.engines.scripted import ScriptedEngine
+    from cogpo_kit.params import load_params
+
+    f = write_jsonl(tmp_path / "bespoke.jsonl", BESPOKE_ROWS)
+    params = load_params([], [f"run.output_dir={tmp_path}", "run.run_id=t", "data.source=bespoke_stratos",
+                              f"data.path={f}", "data.shuffle=false"])
+    seen = []
+
+    def critic(req, i):
+        seen.append(req.messages[-1]["content"])
+        return "medium"
+
+    engine = ScriptedEngine(critic)
+    manifest = run_critique(params, engines={r: engine for r in ROLES})
+    assert manifest["funnel"]["input"]["format_instructions_stripped"] == 1
+    assert manifest["funnel"]["input"]["format_instructions"] == {"boxed": 1}
+    assert seen and not any("Return your final response within" in m and "A grader asks" not in m for m in seen)
+    written = [json.loads(x) for x in (tmp_path / "t" / "01_critique" / "input.jsonl").read_text().splitlines()]
+    assert written[0]["problem"] == MATH_PROBLEM
 
 
 def test_openthoughts_parquet_folder(tmp_path):

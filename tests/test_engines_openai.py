@@ -15,7 +15,8 @@ from cogpo_kit.engines import build_engine
 from cogpo_kit.engines.base import ContextLengthError, EngineError, Request
 from cogpo_kit.engines.config import EngineConfig, SamplingConfig
 from cogpo_kit.engines.common import sample_seed
-from cogpo_kit.engines.openai_http import flavor_from_models, parse_response, request_body
+from cogpo_kit.engines.openai_bodies import (Server, completion_label_body, flavor_from_models, parse_response,
+                                             parse_version, request_body)
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -228,17 +229,39 @@ def test_request_body_translation():
     c = EngineConfig(engine="openai", model="served", thinking_end="</think>", max_thinking_tokens=100)
     r = Request(messages=({"role": "user", "content": "q"},), choices=("YES", "NO"),
                 sampling=SamplingConfig(max_tokens=2, stop=("\n\n",)))
-    b1 = request_body(r, 0, c, "vllm")
-    assert b1["max_tokens"] == 100 and b1["stop"] == ["\n\n", "</think>"] and "structured_outputs" not in b1
-    b2 = request_body(r, 0, c, "vllm", phase=2, thought="hmm")
-    assert b2["continue_final_message"] is True and b2["add_generation_prompt"] is False
-    assert b2["messages"][-1] == {"role": "assistant", "content": "hmm</think>"}
-    assert b2["structured_outputs"] == {"choice": ["YES", "NO"]} and b2["max_tokens"] == 4
+    b1 = request_body(r, 0, c, "vllm")  # vLLM: think, stopped at the marker, token ids returned
+    assert b1["max_completion_tokens"] == 100 and b1["stop"] == ["\n\n", "</think>"] and b1["return_token_ids"]
+    assert "structured_outputs" not in b1 and "max_tokens" not in b1
+    b2 = completion_label_body(r, 0, c, Server("vllm", (0, 30, 0)), [1, 2, 3])
+    assert b2["prompt"] == [1, 2, 3] and b2["structured_outputs"] == {"choice": ["YES", "NO"]}
+    assert b2["max_tokens"] == 4 and b2["top_k"] == 50
+    old = completion_label_body(r, 0, c, Server("vllm", (0, 10, 2)), [1])
+    assert old["guided_choice"] == ["YES", "NO"] and "structured_outputs" not in old
     b3 = request_body(r, 0, c, "grammar")  # no continuation API: think, then the label is parsed
     assert b3["max_tokens"] == 104 and "grammar" not in b3
+    b4 = request_body(r, 0, c, Server("vllm", (0, 10, 0)))  # old vLLM: think and answer in one request
+    assert b4["max_completion_tokens"] == 104 and "return_token_ids" not in b4 and "guided_choice" not in b4
+    nolimit = Request(messages=r.messages, sampling=SamplingConfig(top_k=0))
+    assert request_body(nolimit, 0, c, Server("vllm", (0, 8, 5)))["top_k"] == -1
+    assert request_body(nolimit, 0, c, Server("vllm", (0, 9, 0)))["top_k"] == 0
+    assert request_body(nolimit, 0, c, Server("vllm"))["top_k"] == 0
+    assert "top_k" not in request_body(nolimit, 0, c, "grammar")
+    assert parse_version({"version": "0.11.0rc2"}) == (0, 11, 0) and parse_version("dev") is None
     assert flavor_from_models({"data": [{"owned_by": "vllm"}]}) == "vllm"
     assert flavor_from_models({"data": [{"owned_by": "me"}]}) == "grammar"
     assert flavor_from_models("nonsense") == "none"
     with pytest.raises(ValueError):
         parse_response({"choices": []})
-    assert parse_response({"choices": [{"message": {"content": None}, "finish_reason": "length"}]}) == ("", "length", 0, 0)
+    none = parse_response({"choices": [{"message": {"content": None}, "finish_reason": "length"}]})
+    assert (none.text, none.finish, none.prompt_tokens, none.completion_tokens) == ("", "length", 0, 0)
+    for reason, finish in (("error", "error"), ("abort", "error"), ("stop", "stop"), (None, "stop")):
+        assert parse_response({"choices": [{"message": {"content": "x"}, "finish_reason": reason}]}).finish == finish
+    th = parse_response({"choices": [{"message": {"content": None, "reasoning_content": "hm"}, "finish_reason": "stop",
+                                      "token_ids": [4, 5]}], "prompt_token_ids": [1]})
+    assert th.reasoning == "hm" and th.token_ids == [4, 5] and th.prompt_ids == [1]
+    assert th.full_text("</think>") == "hm</think>"
+    cut = parse_response({"choices": [{"message": {"content": None, "reasoning": "hm"}, "finish_reason": "length"}]})
+    assert cut.full_text("</think>") == "hm"  # the thinking never ended
+    assert parse_response({"choices": [{"text": "YES", "finish_reason": "stop"}]}, chat=False).text == "YES"
+    with pytest.raises(ValueError):
+        parse_response({"choices": [{"text": "YES", "finish_reason": "stop"}]})  # not a chat answer

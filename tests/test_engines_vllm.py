@@ -11,8 +11,8 @@ import pytest
 from cogpo_kit.engines.base import ContextLengthError, Request
 from cogpo_kit.engines.common import sample_seed
 from cogpo_kit.engines.config import EngineConfig, SamplingConfig
-from cogpo_kit.engines.vllm_engine import (Call, VLLMEngine, llm_kwargs, make_sampling_params, plan_calls,
-                                           sampling_kwargs)
+from cogpo_kit.engines.vllm_engine import (Call, Row, VLLMEngine, continuation_ids, llm_kwargs,
+                                           make_sampling_params, plan_calls, sampling_kwargs)
 
 MSGS = ({"role": "system", "content": "Rate it."}, {"role": "user", "content": "2+2=4"})
 LEVELS = ("easy", "medium", "hard")
@@ -25,7 +25,7 @@ def test_sampling_kwargs_per_sample_seed_and_limits():
     assert kw == {"n": 1, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "max_tokens": 64, "seed": sample_seed(3, 5),
                   "stop": ["\n\n"]}
     greedy = sampling_kwargs(Request(messages=MSGS, sampling=SamplingConfig(temperature=0.0, top_k=0, top_p=1.0)), 0)
-    assert greedy["temperature"] == 0.0 and greedy["top_k"] == -1 and "stop" not in greedy
+    assert greedy["temperature"] == 0.0 and greedy["top_k"] == 0 and "stop" not in greedy  # vLLM: 0 is no limit
     assert sampling_kwargs(r, 0, choices=LEVELS)["choice"] == list(LEVELS)
 
 
@@ -54,9 +54,20 @@ def test_plan_calls_labels_thinking_and_context():
     think = EngineConfig(engine="vllm", thinking_end="</think>", max_thinking_tokens=300)
     [p1] = plan_calls(reqs[:1], think, prompt_lengths=[10])
     assert p1.params[0]["stop"] == ["</think>"] and "choice" not in p1.params[0] and p1.params[0]["max_tokens"] == 300
-    [p2] = plan_calls(reqs[:1], think, phase=2, thoughts={(0, 0): "hmm", (0, 1): "ok"})
-    assert p2.continue_final and p2.prompts[1][-1] == {"role": "assistant", "content": "ok</think>"}
-    assert p2.params[0]["choice"] == list(LEVELS)
+    assert "stop_token_ids" not in p1.params[0]
+    [one] = plan_calls(reqs[:1], think, prompt_lengths=[10], think_ids=[151649])  # R1: one token
+    assert one.params[0]["stop_token_ids"] == [151649]
+    [p2] = plan_calls(reqs[:1], think, phase=2, continuations={(0, 0): [1, 2, 3], (0, 1): [1, 2, 4]})
+    assert p2.tokens and p2.prompts[1] == {"prompt_token_ids": [1, 2, 4]} and p2.keys == [(0, 0), (0, 1)]
+    assert p2.params[0]["choice"] == list(LEVELS) and p2.params[1]["seed"] == sample_seed(0, 2)
+
+
+def test_continuation_ids():
+    enc = {"hm": [7, 8], "</think>": [5, 6]}.__getitem__
+    # the stop string's tokens stay in token_ids (one more may follow in the same step)
+    assert continuation_ids([1, 2], [7, 8, 5, 6, 9], "hm", "stop", [5, 6], enc) == [1, 2, 7, 8, 5, 6]
+    assert continuation_ids([1, 2], [7, 8], "hm", "length", [5, 6], enc) == [1, 2, 7, 8, 5, 6]  # budget spent
+    assert continuation_ids([1, 2], [7, 8, 3], "hm", "stop", [5, 6], enc) == [1, 2, 7, 8, 5, 6]  # other stop
 
 
 @dataclass
@@ -92,9 +103,13 @@ def fake_vllm(monkeypatch, structured=True):
         sp.GuidedDecodingParams = Choice
     mod.SamplingParams = SamplingParams
 
-    class Tok:
+    class Tok:  # one token per character
         def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-            return list(range(sum(len(m["content"]) for m in messages)))
+            assert tokenize is False
+            return "".join(m["content"] for m in messages)
+
+        def encode(self, text, add_special_tokens=True):
+            return [ord(ch) for ch in text]
 
     class LLM:
         instances: list = []
@@ -114,7 +129,8 @@ def fake_vllm(monkeypatch, structured=True):
                 if c is not None:
                     text = c.choice[p.kw["seed"] % len(c.choice)]
                 elif "</think>" in p.kw.get("stop", []):
-                    text = "let me think"
+                    outs.append(_ReqOut(list(range(7)), [_Out("let me think", "length", [1, 2])]))
+                    continue
                 else:
                     text = f"free {p.kw['seed']}"
                 outs.append(_ReqOut(list(range(7)), [_Out(text, "stop", [1, 2])]))
@@ -122,7 +138,12 @@ def fake_vllm(monkeypatch, structured=True):
 
         def generate(self, prompts, params, use_tqdm=True):
             self.calls.append(("generate", prompts, params, {}))
-            return [_ReqOut(p["prompt_token_ids"], [_Out("trunc", "length", [1])]) for p in prompts]
+            outs = []
+            for prompt, p in zip(prompts, params):
+                c = p.kw.get("structured_outputs") or p.kw.get("guided_decoding")
+                out = _Out(c.choice[p.kw["seed"] % len(c.choice)], "stop", [3]) if c else _Out("trunc", "length", [1])
+                outs.append(_ReqOut(prompt["prompt_token_ids"], [out]))
+            return outs
 
     mod.LLM = LLM
     mod.sampling_params = sp
@@ -160,30 +181,27 @@ def test_engine_thinking_then_constrained_label(monkeypatch):
     eng = VLLMEngine(EngineConfig(engine="vllm", model="tiny:llama", thinking_end="</think>"))
     out = eng.generate([Request(messages=MSGS, n=2, choices=("YES", "NO"))])[0]
     llm = vllm.LLM.instances[-1]
-    (k1, _c1, p1, _), (k2, convs2, p2, kw2) = llm.calls
-    assert p1[0].kw["stop"] == ["</think>"]
-    assert kw2 == {"add_generation_prompt": False, "continue_final_message": True}
-    assert convs2[0][-1] == {"role": "assistant", "content": "let me think</think>"}
+    (k1, _c1, p1, _), (k2, prompts2, p2, _kw2) = llm.calls
+    assert k1 == "chat" and p1[0].kw["stop"] == ["</think>"]
+    # the thinking ran out of budget here ([1, 2] has no end marker): its end marker is appended
+    assert k2 == "generate" and prompts2[0] == {"prompt_token_ids": list(range(7)) + [1, 2] + [ord(c) for c in "</think>"]}
     assert p2[0].kw["structured_outputs"].choice == ["YES", "NO"]
     assert all(c.text.startswith("let me think</think>") and c.choice in ("YES", "NO") for c in out)
-    assert all(c.completion_tokens == 4 for c in out)
+    assert all(c.completion_tokens == 3 for c in out)
 
 
 def test_data_parallel_shards_round_robin():
     eng = VLLMEngine.__new__(VLLMEngine)
     eng._llm = None
 
-    class Conn:
-        def __init__(self, rank):
-            self.rank, self.sent = rank, None
+    class Replicas:
+        def __len__(self):
+            return 2
 
-        def send(self, call):
-            self.sent = call
+        def run(self, shards):
+            return [[Row(f"r{r}:{p}", "stop", [1], [1]) for p in shard.prompts] for r, shard in enumerate(shards)]
 
-        def recv(self):
-            return "ok", [(f"r{self.rank}:{p}", "stop", 1, 1) for p in self.sent.prompts]
-
-    eng._replicas = [(None, Conn(0)), (None, Conn(1))]
+    eng._replicas = Replicas()
     call = Call(prompts=["a", "b", "c"], params=[{}, {}, {}], keys=[(0, 0), (1, 0), (2, 0)])
     rows = eng._run(call)
-    assert [r[0] for r in rows] == ["r0:a", "r1:b", "r0:c"]
+    assert [r.text for r in rows] == ["r0:a", "r1:b", "r0:c"]

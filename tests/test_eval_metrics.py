@@ -91,4 +91,4 @@ def test_comparison_csv_prints_no_negative_zero():
     doc = build_comparison(results, scores, resamples=200, seed=0, reference="sft")
     text = comparison_csv(doc)
     assert "-0.0" not in text
-    assert "+0.0 [+0.0, +0.0] (noise)" in text  # zero_shot vs sft, listed as (sft, zero_shot): negated
+    assert "+0.0 [+0.0, +0.0] p_holm=1 (noise)" in text  # zero_shot vs sft, listed as (sft, zero_shot): negated

@@ -17,7 +17,7 @@ from cogpo_kit.io import read_json, read_jsonl
 from cogpo_kit.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHES = ["gsm8k", "math500", "gpqa_diamond", "livecodebench"]
+BENCHES = ["gsm8k", "math500", "gpqa_diamond", "livecodebench_public"]
 LIMIT = 3
 
 
@@ -31,7 +31,7 @@ def _answers() -> dict[str, str]:
             if bench.kind == "math":
                 out[prompt] = f"Let me think.\nSo the final answer is \\boxed{{{p.gold}}}."
             elif bench.kind == "choice":
-                out[prompt] = f"Reasoning...\nThe answer is ({p.gold})."
+                out[prompt] = f"Reasoning...\nSo the answer is \\boxed{{{p.gold}}}."
             else:  # a program that answers each sample test from a table
                 table = {t.input.strip(): t.output for t in p.tests}
                 if p.func_name:
@@ -124,12 +124,12 @@ def test_run_evaluate_writes_results_samples_and_comparison(tmp_path, answers):
     zs = read_json(ev / "zero_shot" / "results.json")["benchmarks"]
     assert zs["math500"]["breakdown"]["subject"] and zs["math500"]["breakdown"]["level"]
     assert set(zs["gpqa_diamond"]["extractors"]) == {"strict", "leading", "flexible", "default"}
-    assert zs["livecodebench"]["tests_source"] == ["parsed_from_statement"]
+    assert zs["livecodebench_public"]["tests_source"] == ["parsed_from_statement"]
     # samples: prompt, output, extracted answer, gold, verdict
     rows = read_jsonl(ev / "sft" / "samples_math500.jsonl")
     assert len(rows) == LIMIT and all(r["correct"] for r in rows)
     assert {"id", "prompt", "output", "extracted", "gold", "correct", "method"} <= set(rows[0])
-    code_rows = read_jsonl(ev / "sft" / "samples_livecodebench.jsonl")
+    code_rows = read_jsonl(ev / "sft" / "samples_livecodebench_public.jsonl")
     assert all(r["verdict"] == "pass" and set(r["tests"]) == {"pass"} for r in code_rows)
     bad = read_jsonl(ev / "zero_shot" / "samples_gpqa_diamond.jsonl")
     assert any(not r["correct"] for r in bad)
@@ -145,16 +145,16 @@ def test_run_evaluate_writes_results_samples_and_comparison(tmp_path, answers):
     parsed = parse_comparison(comp, ev / "comparison.json")
     assert len(parsed) == 3 * len(BENCHES) and all(r["score"] is not None for r in parsed)
     table = list(csv.reader(io.StringIO((ev / "comparison.csv").read_text())))
-    assert table[0][:5] == ["benchmark", "n", "zero_shot", "sft", "my-org/other-model"]
-    assert table[0][5:] == ["zero_shot vs sft", "my-org/other-model vs sft"]
+    assert table[0][:6] == ["benchmark", "n", "protocol", "zero_shot", "sft", "my-org/other-model"]
+    assert table[0][9:] == ["zero_shot vs sft", "my-org/other-model vs sft"]
     assert [r[0] for r in table[1:]] == BENCHES
-    assert re.match(r"100\.0 \[100\.0, 100\.0\]", table[1][3])
+    assert re.match(r"100\.0 \[100\.0, 100\.0\]", table[1][4]) and table[1][2] == "greedy, 16 tok"
     assert (ev / "stage.log").read_text().count("model ") >= 3
 
 
 def test_several_samples_give_pass_at_k(tmp_path, answers):
-    params = _params(tmp_path, "eval.benchmarks=[gsm8k]", "eval.models=[zero_shot]", "eval.n_samples=2",
-                     "eval.pass_k=[1, 2, 4]")
+    params = _params(tmp_path, "eval.benchmarks=[gsm8k]", "eval.models=[zero_shot]", "eval.protocol=r1",
+                     "eval.n_samples=2", "eval.pass_k=[1, 2, 4]")
 
     class Alternating(FakeEngine):
         def generate(self, requests):
@@ -169,3 +169,42 @@ def test_several_samples_give_pass_at_k(tmp_path, answers):
     g = res["benchmarks"]["gsm8k"]
     assert g["n_samples"] == 2 and g["score"] == 50.0
     assert g["pass@k"] == {"1": 50.0, "2": 100.0} and "k=[4]" in g["pass@k_skipped"]
+    assert g["protocol"]["name"] == "r1" and res["protocol"]["temperature"] == 0.6 and res["n_samples"] == 2
+
+
+def test_results_table_names_protocol_and_truncated_correct(tmp_path, answers, capsys):
+    """A demo-style run (gsm8k + math500, greedy) where some correct answers come from outputs cut at
+    max_tokens: every results table row names its protocol and counts them."""
+    from cogpo_kit.viz import tables
+    from cogpo_kit.viz.artifacts import Run
+
+    params = _params(tmp_path, "eval.benchmarks=[gsm8k, math500]", "eval.models=[zero_shot, my-org/other-model]",
+                     "eval.protocol=greedy", "eval.sampling.max_tokens=192")
+
+    class Cut(FakeEngine):
+        def generate(self, requests):
+            out = super().generate(requests)  # every other answer cut at max_tokens, still correct
+            return [[Completion(text=c.text, finish_reason="length" if k % 2 else "stop") for c in comps]
+                    for k, comps in enumerate(out)]
+
+    run_evaluate(params, engine_factory=lambda spec: Cut(spec, answers, 1.0), show_progress=False)
+    ev = tmp_path / "outputs" / "evaltest" / "06_evaluate"
+    res = read_json(ev / "zero_shot" / "results.json")["benchmarks"]
+    assert res["gsm8k"]["truncated"] + res["math500"]["truncated"] == 3
+    assert res["gsm8k"]["truncated_correct"] + res["math500"]["truncated_correct"] == 3
+    table = tables.results(Run(tmp_path / "outputs" / "evaltest"), with_ci=True)
+    print(table.to_string())
+    assert list(table.columns) == ["Zero-shot", "my-org/other-model", "protocol", "truncated correct"]
+    assert set(table["protocol"]) == {"greedy, 192 tok"}
+    assert table.loc["GSM8K", "truncated correct"].startswith("Zero-shot ")
+    assert list(tables.results(Run(tmp_path / "outputs" / "evaltest")).columns) == ["Zero-shot", "my-org/other-model"]
+    comp = read_json(ev / "comparison.json")
+    assert {r["protocol"] for r in comp["rows"]} == {"greedy, 192 tok"}
+    assert all("p_holm" in p for p in comp["paired"])
+    # counted wrong on request
+    params = _params(tmp_path, "run.run_id=evaltest2", "eval.benchmarks=[gsm8k]", "eval.models=[zero_shot]",
+                     "eval.truncated_as_wrong=true")
+    run_evaluate(params, engine_factory=lambda spec: Cut(spec, answers, 1.0), show_progress=False)
+    g = read_json(tmp_path / "outputs" / "evaltest2" / "06_evaluate" / "zero_shot" / "results.json")
+    g = g["benchmarks"]["gsm8k"]
+    assert g["score"] < 100 and g["truncated_correct"] == 1 and g["truncated_as_wrong"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cogpo_kit.evaluation.answer_extraction import boxed_answer, extract_answer, find_boxed
+from cogpo_kit.answers.extraction import boxed_answer, extract_answer, find_boxed
 from cogpo_kit.evaluation.choice import CHOICE_EXTRACTORS, extract_choice, grade_choice
 from cogpo_kit.evaluation.grading import GradeResult, MathGrader, choice_verdicts, grade, grade_detailed
 from cogpo_kit.evaluation.math_equivalence import check_math
@@ -237,3 +237,29 @@ def test_choice_extractors_side_by_side():
         extract_choice("A", "psychic")
     with pytest.raises(ValueError):
         grade_choice("A", "AB")
+
+
+def test_boxed_letters_and_boxed_option_texts():
+    choices = ("Alina", "Bert", "Cecile", "Dora")
+    assert extract_choice("Thinking it over, \\boxed{C}", "strict") == "C"
+    assert extract_choice("So it is \\boxed{Cecile}.", "strict", choices=choices) == "C"
+    assert extract_choice("So it is \\boxed{\\text{dora}}", "strict", choices=choices) == "D"
+    assert extract_choice("\\boxed{(B) Bert}", "strict") == "B"
+    assert extract_choice("\\boxed{C Cecile}", "strict", choices=choices) == "C"
+    assert extract_choice("\\boxed{Zed}", "strict", choices=choices) is None
+    assert extract_choice("\\boxed{Cecile}", "strict") is None  # no option texts given: no mapping
+    math = ("$\\frac{1}{2}$", "$2$", "$\\sqrt{2}$", "$0$")
+    assert extract_choice("hence \\boxed{\\frac{1}{2}}", "strict", choices=math) == "A"
+    assert extract_choice("<think>\\boxed{A}</think>The answer is \\boxed{B}", "strict") == "B"
+    assert extract_choice("<|begin_of_thought|>maybe (A)<|end_of_thought|>\n<|begin_of_solution|>\\boxed{D}"
+                          "<|end_of_solution|>", "default") == "D"
+    assert grade_choice("\\boxed{Cecile}", "C", choices=choices)
+    assert grade_choice("\\boxed{C}", "Cecile", choices=choices)  # a gold given as its option text
+
+
+def test_choice_prompt_asks_for_a_boxed_letter():
+    from cogpo_kit.evaluation.benchmarks import Problem, build_prompt, get_benchmark
+
+    p = Problem(id="x", question="Who?", gold="C", kind="choice", choices=("Alina", "Bert", "Cecile", "Dora"))
+    text = build_prompt(p, get_benchmark("mmlu"))
+    assert "(A, B, C or D) within \\boxed{}" in text and "(C) Cecile" in text

@@ -127,3 +127,80 @@ def test_every_field_has_a_docstring():
                     walk(t)
 
     walk(RunParams)
+
+
+# ---------------------------------------------------------------- extends
+
+def test_extends_merges_the_parent_and_the_file_wins(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "run: {run_id: base, seed: 7}\ncrv:\n  votes: 5\n  max_attempts: 2\n"
+        "  critic: {sampling: {temperature: 0.3, top_k: 5}}\n"
+        "eval: {benchmarks: [gsm8k, math500, aime24]}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nrun: {run_id: child}\ncrv:\n  votes: 7\n  critic: {sampling: {top_k: 9}}\n"
+                     "eval: {benchmarks: [aime24]}\n")
+    p = load_params([child])
+    assert (p.run.run_id, p.run.seed) == ("child", 7)
+    assert (p.crv.votes, p.crv.max_attempts) == (7, 2)
+    assert (p.crv.critic.sampling.temperature, p.crv.critic.sampling.top_k) == (0.3, 9)  # nested mappings merge
+    assert p.eval.benchmarks == ("aime24",)  # lists are replaced
+    d = params_dict(p)
+    assert "extends" not in d and d["crv"]["votes"] == 7 and d["run"]["seed"] == 7  # the dump is the merged result
+
+
+def test_extends_is_relative_to_the_file_and_chains(tmp_path):
+    (tmp_path / "a.yaml").write_text("crv: {votes: 5, max_attempts: 2}\nsft: {model: a}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("extends: ../a.yaml\ncrv: {votes: 6}\n")
+    (tmp_path / "sub" / "c.yaml").write_text(f"extends: [b.yaml, {tmp_path / 'd.yaml'}]\nsft: {{model: c}}\n")
+    (tmp_path / "d.yaml").write_text("crv: {max_attempts: 4}\n")
+    p = load_params([tmp_path / "sub" / "c.yaml"])  # a, then b over it, then d, then c
+    assert (p.crv.votes, p.crv.max_attempts, p.sft.model) == (6, 4, "c")
+
+
+def test_extends_with_later_files_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("crv: {votes: 5, max_attempts: 2}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ncrv: {votes: 7}\n")
+    (tmp_path / "extra.yaml").write_text("crv: {max_attempts: 3}\n")
+    p = load_params([tmp_path / "child.yaml", tmp_path / "extra.yaml"], ["crv.votes=9"])
+    assert (p.crv.votes, p.crv.max_attempts) == (9, 3)
+
+
+def test_extends_cycle_is_an_error_naming_the_files(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\ncrv: {votes: 5}\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(ParamsError) as e:
+        load_params([a])
+    msg = str(e.value)
+    assert "cycle" in msg and str(b) in msg and "a.yaml" in msg
+    self_ref = tmp_path / "self.yaml"
+    self_ref.write_text("extends: self.yaml\n")
+    with pytest.raises(ParamsError, match="cycle"):
+        load_params([self_ref])
+
+
+def test_extends_missing_file_names_the_extending_file(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ParamsError) as e:
+        load_params([child])
+    msg = str(e.value)
+    assert msg.startswith(str(child)) and "nowhere.yaml" in msg and "not found" in msg
+
+
+def test_extends_must_name_files(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: {file: base.yaml}\n")
+    with pytest.raises(ParamsError, match=r"'extends' must name a parameter file") as e:
+        load_params([child])
+    assert str(child) in str(e.value)
+
+
+def test_errors_in_a_parent_name_the_parent(tmp_path):
+    (tmp_path / "base.yaml").write_text("crv: {votez: 3}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\n")
+    with pytest.raises(ParamsError) as e:
+        load_params([child])
+    assert "crv.votez" in str(e.value) and str(tmp_path / "base.yaml") in str(e.value)

@@ -147,9 +147,10 @@ def test_eq4_and_beta_dpo_modes(tiny, tmp_path):
                       processing_class=tok)
     _perturb(tr.model)
     batch = _batch(tr)
-    # First batch: the running mean M_0 starts at the batch mean, so beta = beta_0.
-    h, _, _ = _formula_check(tr, batch, lambda h: torch.full_like(h, 0.1))
-    assert tr.margin_stats.mean == pytest.approx(h.mean().item(), abs=1e-4)
+    # First batch: M_0 starts at 0 and moves a tenth of the way to the batch mean (the reference's update).
+    h, _, _ = _formula_check(tr, batch, lambda h: torch.full_like(
+        h, max(1e-3, 0.1 * (1 + 0.6 * (h.mean().item() - 0.1 * h.mean().item())))))
+    assert tr.margin_stats.mean == pytest.approx(0.1 * h.mean().item(), abs=1e-4)
     _perturb(tr.model, seed=9, scale=0.05)
     m0_before = tr.margin_stats.mean
 
@@ -160,6 +161,73 @@ def test_eq4_and_beta_dpo_modes(tiny, tmp_path):
     _formula_check(tr, batch, second)
 
 
+def test_beta_dpo_trainer_equals_reference_code(tiny, tmp_path):
+    """Two micro-steps of beta-DPO with its filter against the reference transcription in test_training_losses."""
+    from test_training_losses import _ReferenceBetaDPO
+
+    path, tok = tiny
+    cfg = CogPOConfig(**_common(tmp_path), beta_column=None, dynamic_beta="batch", dynamic_alpha=0.6,
+                      margin_momentum=0.9, filter_keep=0.5)
+    tr = CogPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=cfg, train_dataset=_dataset([0.1] * 4),
+                      processing_class=tok)
+    ref = _ReferenceBetaDPO(beta=0.1, a=0.6, mode_weight=0.5)
+    batch = _batch(tr)
+    for step, seed in enumerate((3, 9)):
+        _perturb(tr.model, seed=seed, scale=0.05)
+        tr.model.train()
+        loss = tr.compute_loss(tr.model, batch)
+        with torch.no_grad():
+            pc, pr = _manual_logps(tr.model, batch)
+            rc, rr = _manual_logps(tr.ref_model, batch)
+        gen = torch.Generator().manual_seed(0 * 1_000_003 + step)  # the trainer's draw: seed and micro-step
+        r_loss, r_beta, r_mask, _ = ref.step(pc, pr, rc, rr, gen)
+        assert tr.margin_stats.mean == pytest.approx(ref.gap_mean.item(), rel=1e-4, abs=1e-5)
+        assert tr.margin_stats.std == pytest.approx(ref.gap_std.item(), rel=1e-4, abs=1e-5)
+        m = tr._metrics["train"]
+        assert m["filter/kept"][-1] == pytest.approx(r_mask.mean().item())
+        assert m["beta/mean"][-1] == pytest.approx(r_beta.item(), rel=1e-4)
+        assert loss.item() == pytest.approx(r_loss.item(), rel=1e-4, abs=1e-5)
+        h = (pc - rc) - (pr - rr)
+        assert m["rewards/margins"][-1] == pytest.approx((0.1 * h).mean().item(), abs=1e-4)  # base beta
+
+
+def test_preference_stage_defaults_run_beta_dpo_and_simpo_as_published():
+    from cogpo_kit.training.params import PreferenceParams
+    from cogpo_kit.training.preference import method_specs
+
+    specs = {s.name: s for s in method_specs(PreferenceParams())}
+    opts = specs["beta_dpo"].options
+    assert (opts["dynamic_beta"], opts["dynamic_alpha"], opts["margin_momentum"]) == ("batch", 0.6, 0.9)
+    assert opts["filter_keep"] == 0.8 and opts["filter_loss_average"] == "global"  # filter on by default
+    off = {s.name: s for s in method_specs(PreferenceParams(beta_dpo_filter=False, beta_dpo_loss_average="process"))}
+    assert off["beta_dpo"].options["filter_keep"] == 1.0
+    assert off["beta_dpo"].options["filter_loss_average"] == "process"
+    assert specs["simpo"].options == {"beta": 2.0, "gamma": 0.3}
+    ratio = {s.name: s for s in method_specs(PreferenceParams(simpo_gamma_convention="ratio"))}
+    assert ratio["simpo"].options["gamma"] == pytest.approx(0.6)
+    from cogpo_kit.training.preference import trl_simpo_gamma
+
+    assert trl_simpo_gamma(0.3, 2.0, "margin") == 0.3
+    with pytest.raises(ValueError):
+        trl_simpo_gamma(0.3, 2.0, "other")
+
+
+def test_simpo_gamma_is_trl_margin(tiny, tmp_path):
+    """TRL's simpo_gamma is the margin itself: loss = -log sigmoid(beta * (avg_w - avg_l) - gamma)."""
+    from cogpo_kit.training.preference import preference_dataset
+    from cogpo_kit.training.simpo import SimPOTrainer, simpo_config
+
+    path, tok = tiny
+    pairs = [{"prompt": [{"role": "user", "content": "1 + 1?"}], "chosen": "2", "rejected": "3", "beta": 0.1,
+              "gap": "small"}] * 2
+    args = simpo_config(beta=2.0, gamma=0.3, output_dir=str(tmp_path), report_to="none", max_length=64, bf16=False)
+    tr = SimPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
+                      train_dataset=preference_dataset(pairs), processing_class=tok)
+    chosen, rejected = torch.tensor([-0.5, -1.0, -2.0]), torch.tensor([-0.7, -0.4, -3.0])
+    losses, _, _ = tr.cpo_loss(chosen, rejected)
+    assert torch.allclose(losses, -F.logsigmoid(2.0 * (chosen - rejected) - 0.3), atol=1e-6)
+
+
 def test_config_and_dataset_errors(tiny, tmp_path):
     path, tok = tiny
     with pytest.raises(ValueError, match="sigmoid loss only"):
@@ -168,6 +236,8 @@ def test_config_and_dataset_errors(tiny, tmp_path):
         CogPOConfig(**_common(tmp_path), dynamic_beta="batch")
     with pytest.raises(ValueError, match="dynamic_beta='batch'"):
         CogPOConfig(**_common(tmp_path), filter_keep=0.5)
+    with pytest.raises(ValueError, match="filter_loss_average"):
+        CogPOConfig(**_common(tmp_path), beta_column=None, dynamic_beta="batch", filter_loss_average="local")
     with pytest.raises(ValueError, match="no 'beta' column"):
         CogPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=CogPOConfig(**_common(tmp_path)),
                      train_dataset=_dataset([0.1] * 4).remove_columns("beta"), processing_class=tok)

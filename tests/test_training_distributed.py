@@ -38,11 +38,11 @@ def test_two_processes_match_one(tmp_path):
     from cogpo_kit.pairs.stage import run_pairs
 
     out = tmp_path / "out"
-    write_crv_fixture(out / "one", copies=2)  # 20 pairs: every global batch of 4 is full
+    write_crv_fixture(out / "one", copies=2)  # 24 pairs: every global batch of 4 is full
     cfg = tmp_path / "p.yaml"
     cfg.write_text(PARAMS.format(out=out))
     m = run_pairs(load_params([cfg]))
-    assert m["counts"]["pairs"] == 20
+    assert m["counts"]["pairs"] == 24
     shutil.copytree(out / "one" / "03_pairs", out / "two" / "03_pairs")
     env = dict(os.environ, COGPO_NO_PROGRESS="1", TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     cli = ["-m", "cogpo_kit.cli", "train", "preference", str(cfg)]

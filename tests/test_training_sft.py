@@ -1,4 +1,4 @@
-"""SFT rows of both variants, and TRL's SFT loss on the response only."""
+"""SFT rows of every variant, and TRL's SFT loss on the response only."""
 
 from __future__ import annotations
 
@@ -6,21 +6,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cogpo_kit.pairs.format import extract_answer
+from cogpo_kit.answers.extraction import extract_answer
 from cogpo_kit.pairs.inputs import read_crv
 from cogpo_kit.training.sft import sft_rows
 from test_pairs_fixtures import write_crv_fixture
 
 
-def test_variants_share_problems_and_prompts(tmp_path):
-    art = read_crv(write_crv_fixture(tmp_path), which=("input", "sft"))
-    crv, plain = sft_rows(art, "crv_sft"), sft_rows(art, "sft")
-    assert [r["id"] for r in crv] == [r["id"] for r in plain] == ["e1", "m1", "e2", "h2", "e3"]
-    assert all(a["prompt"] == b["prompt"] for a, b in zip(crv, plain))
+def test_variants_share_prompts_and_the_baseline_is_the_whole_dataset(tmp_path):
+    art = read_crv(write_crv_fixture(tmp_path / "run"), which=("input", "sft"))
+    crv, same = sft_rows(art, "crv_sft"), sft_rows(art, "sft_same_problems")
+    plain = sft_rows(art, "sft")
+    assert [r["id"] for r in crv] == [r["id"] for r in same] == ["e1", "m1", "e2", "h2", "e3"]
+    # the paper's SFT baseline: the original dataset without any CRV intervention, every row
+    assert [r["id"] for r in plain] == ["e1", "h1", "m1", "m2", "e2", "h2", "e3", "x1"]
+    assert all(a["prompt"] == b["prompt"] for a, b in zip(crv, same))
     by_id = {r["id"]: r["completion"][0]["content"] for r in crv}
     assert by_id["e1"].startswith("Tom starts with 3 apples")  # the kept rewrite
-    assert {r["id"]: r["completion"][0]["content"] for r in plain}["e1"].startswith("3 + 4 = 7.")  # the original
-    for r in crv + plain:
+    assert {r["id"]: r["completion"][0]["content"] for r in same}["e1"].startswith("3 + 4 = 7.")  # the original
+    for r in crv + same + plain:
         assert r["completion"][0]["role"] == "assistant" and extract_answer(r["completion"][0]["content"])
     with pytest.raises(ValueError, match="unknown SFT variant"):
         sft_rows(art, "dpo")

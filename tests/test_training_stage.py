@@ -41,7 +41,8 @@ def test_sft_then_preference_end_to_end(tmp_path):
     params = _params(tmp_path, "preference.methods=[cogpo, simpo]", "preference.precompute_ref_log_probs=true")
     run_pairs(params)
     m = run_sft(params)
-    assert m["counts"] == {"crv_sft_examples": 5, "sft_examples": 5}
+    assert m["counts"] == {"crv_sft_examples": 5, "sft_examples": 8}  # the baseline trains on every row
+    assert any("SFT baseline 'sft' trained on 8 rows" in n for n in m["notes"])
     for variant in ("crv_sft", "sft"):
         folder = run / "04_sft" / variant
         model, tok, _ = load_causal_lm(str(folder / "model"))
@@ -50,7 +51,7 @@ def test_sft_then_preference_end_to_end(tmp_path):
         assert m["variants"][variant]["steps"] == 1
     m = run_preference(params)
     assert m["init_model"] == str(run / "04_sft" / "crv_sft" / "model") and not m["notes"]
-    assert m["counts"]["pairs"] == 10
+    assert m["counts"]["pairs"] == 12
     for method in ("cogpo", "simpo"):
         folder = run / "05_preference" / method
         load_causal_lm(str(folder / "model"))

@@ -35,6 +35,8 @@ class Role:
     constrained: bool = True
     max_reasks: int = 2
     think_end: str = "</think>"
+    thinks: bool = False
+    """A reasoning model (its engine names ``thinking_end``): its outputs must close their thinking."""
 
     @property
     def choices(self) -> Optional[tuple[str, ...]]:
@@ -191,7 +193,7 @@ def make_roles(crv: CRVConfig, *, run_seed: int, engine_keys: dict[str, str],
         roles[name] = Role(name=name, engine_key=key, sampling=_seeded(cfg.sampling, run_seed),
                            system_prompt=cfg.system_prompt, user_template=cfg.user_template,
                            constrained=cfg.constrained, max_reasks=cfg.max_reasks,
-                           think_end=cfg.engine.thinking_end or "</think>")
+                           think_end=cfg.engine.thinking_end or "</think>", thinks=bool(cfg.engine.thinking_end))
     return roles
 
 
@@ -200,10 +202,12 @@ def roles_needed(crv: CRVConfig, stage: str) -> tuple[str, ...]:
     if stage == "critique":
         return ("critic",)
     verify = "student" if crv.verifier_mode == "student_solve" else "verifier"
-    roles = ["critic", "corrupt"]
+    roles = ["corrupt"] if crv.incorrect_cots else []
+    if crv.ablation == "CRV":  # re-rating verified rewrites
+        roles.insert(0, "critic")
     if crv.ablation != "C":
         roles += ["expand", "simplify"]
-    needs_verify = (crv.ablation == "CRV") or crv.incorrect_require_verifier_no
+    needs_verify = (crv.ablation == "CRV") or (crv.incorrect_cots and crv.incorrect_check == "verifier_no")
     if needs_verify:
         roles.append(verify)
     if crv.free_label_probe and crv.verifier_mode == "judge" and crv.verifier.constrained and "verifier" not in roles:

@@ -67,17 +67,26 @@ class CRVConfig:
     verify_medium: bool = True
     """Send medium CoTs to the Verifier too (paper 3.2.3)."""
     ablation: Literal["C", "CR", "CRV"] = "CRV"
-    """Paper Table 6: ``C`` keeps the Critic's medium CoTs only; ``CR`` rewrites without verification;
-    ``CRV`` is the full system."""
+    """Paper Table 6: ``C`` keeps the Critic's medium CoTs only; ``CR`` keeps the medium CoTs and the first
+    rewrite of each easy/hard CoT, neither verified nor re-rated; ``CRV`` is the full system."""
+    incorrect_cots: bool = True
+    """Write an incorrect CoT for every example (the rejected side of medium- and large-gap pairs); ``false``
+    where no preference training follows (the paper's SFT-only studies, Tables 4-6), saving one Rethinker
+    call or more per example."""
     incorrect_max_attempts: int = 3
-    """Regenerate an "incorrect" CoT that still reaches the gold answer up to this many times."""
-    incorrect_require_verifier_no: bool = False
-    """Also require the Verifier to say NO on an incorrect CoT."""
+    """Attempts at an incorrect CoT: an attempt that fails (an error, an empty or truncated output, or the
+    ``incorrect_check``) is asked again with the next sample index."""
+    incorrect_check: Literal["none", "answer_differs", "verifier_no"] = "none"
+    """What an incorrect CoT must pass. ``none`` (the paper: the Table 13 corrupting prompt, nothing checked;
+    its own examples in Tables 11-12 still reach the gold answer); ``answer_differs``: its final answer is
+    not the gold one (code: it fails the row's tests; unchecked without tests); ``verifier_no``: that, and
+    the Verifier says NO."""
     equal_level_subsets: Optional[int] = None
     """Paper Table 5: also write equal-size easy/medium/hard SFT sets of this many rows each."""
-    check_final_answer: bool = True
-    """``CRV``: a rewrite whose own final answer (the grader's ``extract_answer``) is not the gold answer
-    fails its attempt before it reaches the Verifier."""
+    check_final_answer: bool = False
+    """``CRV``: a rewrite must reach the gold answer before it goes to the Verifier (short answers: the
+    grader on the answer it reaches; code: the row's tests where it has them, else skipped and counted).
+    The paper leaves this to the Verifier alone (``false``)."""
     free_label_probe: int = 0
     """Measure free decoding: the first N CoTs are also rated by the Critic (all votes) and judged by the
     Verifier without constrained decoding; only the share of invalid labels is reported, the labels

@@ -110,6 +110,7 @@ def rethink_funnel(levels: dict, outcomes: Sequence[Any], incorrect: Sequence[An
     medium = Counter()
     per_attempt: dict[str, dict[str, Counter]] = {}
     discards = Counter()
+    gates: dict[str, Counter] = {"rewrite": Counter(), "incorrect": Counter()}
     kept = Counter()
     kept_by_attempt = Counter()
     for o in outcomes:
@@ -118,6 +119,8 @@ def rethink_funnel(levels: dict, outcomes: Sequence[Any], incorrect: Sequence[An
                 medium[row["outcome"]] += 1
             else:
                 per_attempt.setdefault(row["kind"], {}).setdefault(str(row["attempt"]), Counter())[row["outcome"]] += 1
+                if "gate" in row:
+                    gates["rewrite"][row["gate"]] += 1
         if o.kept:
             kept[o.origin] += 1
             if o.origin != "medium":
@@ -130,6 +133,8 @@ def rethink_funnel(levels: dict, outcomes: Sequence[Any], incorrect: Sequence[An
     for o in incorrect:
         for row in o.attempts:
             inc_attempts.setdefault(str(row["attempt"]), Counter())[row["outcome"]] += 1
+            if "gate" in row:
+                gates["incorrect"][row["gate"]] += 1
         if o.found:
             inc_found[str(o.attempt)] += 1
         else:
@@ -142,6 +147,7 @@ def rethink_funnel(levels: dict, outcomes: Sequence[Any], incorrect: Sequence[An
         "rewrites_kept_by_attempt": dict(sorted(kept_by_attempt.items())),
         "sft": {"total": sum(kept.values()), **{k: kept.get(k, 0) for k in ("medium", "easy*", "hard*")}},
         "discards": dict(sorted(discards.items())),
+        "answer_gate": {k: dict(sorted(c.items())) for k, c in gates.items()},
         "incorrect": {"found": sum(inc_found.values()), "found_by_attempt": dict(sorted(inc_found.items())),
                       "failed": dict(sorted(inc_failed.items())),
                       "attempt_outcomes": {a: dict(c) for a, c in sorted(inc_attempts.items())}},
@@ -165,6 +171,9 @@ def funnel_table(funnel: dict) -> str:
     lines.append(f"| D_SFT* | {sft['total']} (medium {sft['medium']}, easy* {sft['easy*']}, hard* {sft['hard*']}) |")
     for reason, n in funnel.get("discards", {}).items():
         lines.append(f"| discarded: {reason} | {n} |")
+    for what, outcomes in funnel.get("answer_gate", {}).items():
+        for outcome, n in outcomes.items():
+            lines.append(f"| answer gate ({what}): {outcome} | {n} |")
     inc = funnel["incorrect"]
     lines.append(f"| incorrect CoTs found | {inc['found']} of {funnel['examples']} |")
     for reason, n in inc.get("failed", {}).items():

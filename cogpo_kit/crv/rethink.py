@@ -1,14 +1,16 @@
 """Per-example workflows of the Rethinker and the Verifier (paper 3.2.2-3.2.3) and the incorrect CoTs.
 
 * medium CoTs go to the Verifier (``verify_medium``) and are kept on YES;
-* easy/hard CoTs are rewritten (expand / simplify), checked, verified and re-rated by the Critic, up
-  to ``max_attempts`` times; an attempt is kept only when verified YES and re-rated medium, and a
-  failed attempt goes back to the Rethinker with the next sample index;
-* every example gets an incorrect CoT from the corrupting prompt, kept only when its own final answer
-  is not the gold one (and, optionally, the Verifier says NO); else it is regenerated.
+* easy/hard CoTs are rewritten (expand / simplify), verified and re-rated by the Critic, up to
+  ``max_attempts`` times; an attempt is kept only when verified YES and re-rated medium, and a failed
+  attempt goes back to the Rethinker with the next sample index;
+* every example gets an incorrect CoT from the corrupting prompt (paper Table 13), checked as
+  ``incorrect_check`` says (the paper checks nothing);
+* an output cut at ``max_tokens``, or whose thinking never closed, fails its attempt (``truncated``,
+  ``thinking_unclosed``) and never becomes data.
 
-Ablations (paper Table 6): ``C`` keeps the Critic's medium CoTs only; ``CR`` rewrites and re-rates
-without any verification; ``CRV`` is the full system.
+Ablations (paper Table 6): ``C`` keeps the Critic's medium CoTs only; ``CR`` keeps the medium CoTs and
+the first rewrite of each easy/hard CoT, neither verified nor re-rated; ``CRV`` is the full system.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from cogpo_kit.answers.response import answer_kind, format_response, reached_answer, same_answer
 from cogpo_kit.crv.agents import Agents
-from cogpo_kit.crv.answers import final_response, reached_answer, same_answer
 from cogpo_kit.crv.config import CRVConfig
 from cogpo_kit.crv.critic import ask_label
+from cogpo_kit.crv.gates import answer_gate, output_problem
 from cogpo_kit.crv.parse import answer_part
 from cogpo_kit.crv.scheduler import Call, Workflow
 from cogpo_kit.data.records import CoTRecord
@@ -142,31 +145,27 @@ class Rethink:
         for attempt in range(1, crv.max_attempts + 1):
             row = {"id": rec.id, "kind": role_name, "attempt": attempt}
             out.attempts.append(row)
-            got = yield [Call(role_name, role.request(msgs, sample_offset=attempt - 1))]
-            comp = got[0][0]
-            row["raw"] = comp.text
-            row["finish_reason"] = comp.finish_reason
-            if comp.finish_reason == "error":
-                row["error"] = comp.error
-                row["outcome"] = "rethinker_error"
+            text = yield from self._sample(role, msgs, attempt, row)
+            if text is None:
                 continue
-            text = answer_part(comp.text, role.think_end).strip()
-            row["rewrite"] = text
-            if not text:
-                row["outcome"] = "empty_rewrite"
-                continue
-            reached = reached_answer(text)
-            row["reached_answer"] = reached
-            verified = crv.ablation == "CRV"
-            if verified and crv.check_final_answer and not same_answer(reached, rec.answer):
-                row["outcome"] = "no_final_answer" if reached is None else "wrong_final_answer"
-                continue
-            if verified:
-                v = yield from self.verify(rec, text)
-                row["verification"] = v.to_dict()
-                if v.verdict != "YES":
-                    row["outcome"] = "verifier_invalid" if v.verdict is None else "verifier_no"
+            if answer_kind(rec.answer) == "short":
+                row["reached_answer"] = reached_answer(text)
+            if crv.ablation == "CR":  # Table 6 "w. CR": the first rewrite, not verified, not re-rated
+                row["outcome"], row["verified"] = "kept", False
+                out.kept, out.origin, out.attempt, out.reasoning = True, f"{level}*", attempt, text
+                out.reached = row.get("reached_answer")  # unverified: the answer it reaches itself
+                return out
+            if crv.check_final_answer:
+                gate = answer_gate(rec, text)
+                row["gate"] = gate.outcome
+                if gate.correct is False:
+                    row["outcome"] = gate.outcome
                     continue
+            v = yield from self.verify(rec, text)
+            row["verification"] = v.to_dict()
+            if v.verdict != "YES":
+                row["outcome"] = "verifier_invalid" if v.verdict is None else "verifier_no"
+                continue
             rr = yield from self.rerate(rec, text)
             row["rerating"] = {"level": rr.label, "votes": rr.votes, "raw": rr.raw, "reason": rr.reason,
                                "asked": rr.asked, "skipped": rr.skipped, "invalid": rr.invalid}
@@ -175,48 +174,65 @@ class Rethink:
                 continue
             row["outcome"] = "kept"
             out.kept, out.origin, out.attempt, out.reasoning = True, f"{level}*", attempt, text
-            out.reached = rec.answer if same_answer(reached, rec.answer) else reached
+            out.reached = rec.answer  # verified to reach the gold answer
             return out
         out.reason = "max_attempts"
         return out
 
+    def _sample(self, role, msgs, attempt: int, row: dict) -> Workflow:
+        """Workflow: one sample of ``role`` (attempt ``attempt``) recorded in ``row``; its answer part, or
+        ``None`` with ``row["outcome"]`` saying why it cannot be used (error, truncated, thinking not
+        closed, empty)."""
+        got = yield [Call(role.name, role.request(msgs, sample_offset=attempt - 1))]
+        comp = got[0][0]
+        row["raw"] = comp.text
+        row["finish_reason"] = comp.finish_reason
+        if comp.finish_reason == "error":
+            row["error"] = comp.error
+            row["outcome"] = "rethinker_error"
+            return None
+        problem = output_problem(comp.text, comp.finish_reason, role.think_end, thinks=role.thinks)
+        if problem:
+            row["outcome"] = problem
+            return None
+        text = answer_part(comp.text, role.think_end).strip()
+        row["rewrite"] = text
+        if not text:
+            row["outcome"] = "empty_rewrite"
+            return None
+        return text
+
     # --- incorrect CoTs -----------------------------------------------------------------------
     def incorrect(self, rec: CoTRecord) -> Workflow:
-        """Workflow: an incorrect CoT for ``rec`` whose own final answer is not the gold answer."""
+        """Workflow: an incorrect CoT for ``rec`` from the corrupting prompt, checked as ``incorrect_check`` says."""
         out = IncorrectOutcome(id=rec.id)
         role = self.agents.role("corrupt")
         msgs = role.messages(problem=rec.problem, answer=rec.answer, reasoning=rec.reasoning)
+        check = self.crv.incorrect_check
         for attempt in range(1, self.crv.incorrect_max_attempts + 1):
             row: dict[str, Any] = {"id": rec.id, "kind": "corrupt", "attempt": attempt}
             out.attempts.append(row)
-            got = yield [Call("corrupt", role.request(msgs, sample_offset=attempt - 1))]
-            comp = got[0][0]
-            row["raw"] = comp.text
-            row["finish_reason"] = comp.finish_reason
-            if comp.finish_reason == "error":
-                row["error"] = comp.error
-                row["outcome"] = "rethinker_error"
+            text = yield from self._sample(role, msgs, attempt, row)
+            if text is None:
                 continue
-            text = answer_part(comp.text, role.think_end).strip()
-            row["rewrite"] = text
-            if not text:
-                row["outcome"] = "empty_rewrite"
-                continue
-            reached = reached_answer(text)
+            reached = reached_answer(text) if answer_kind(rec.answer) == "short" else None
             row["reached_answer"] = reached
-            if reached is None:
-                row["outcome"] = "no_final_answer"
-                continue
-            if same_answer(reached, rec.answer):
-                row["outcome"] = "reaches_gold"
-                continue
-            if self.crv.incorrect_require_verifier_no:
+            if check != "none":
+                gate = answer_gate(rec, text)
+                row["gate"] = gate.outcome
+                if gate.correct is True:
+                    row["outcome"] = "reaches_gold"
+                    continue
+                if gate.outcome == "no_final_answer":
+                    row["outcome"] = "no_final_answer"
+                    continue
+            if check == "verifier_no":
                 v = yield from self.verify(rec, text)
                 row["verification"] = v.to_dict()
                 if v.verdict != "NO":
                     row["outcome"] = "verifier_invalid" if v.verdict is None else "verifier_yes"
                     continue
-            row["outcome"] = "kept"
+            row["outcome"] = "kept" if check != "none" else "kept_unchecked"
             out.found, out.reasoning, out.reached, out.attempt = True, text, reached, attempt
             return out
         out.reason = "max_attempts"
@@ -224,14 +240,16 @@ class Rethink:
 
 
 def sft_row(rec: CoTRecord, out: ExampleOutcome) -> dict:
-    """The D_SFT* row of a kept example."""
+    """The D_SFT* row of a kept example: its response ends with the answer it reaches (the gold answer for a
+    verified CoT; an unverified ``CR`` rewrite's own answer)."""
     return {"id": rec.id, "problem": rec.problem, "answer": rec.answer, "reasoning": out.reasoning,
-            "response": final_response(out.reasoning or "", out.reached or rec.answer),
+            "response": format_response(out.reasoning or "", out.reached, answer_kind(rec.answer)),
             "origin": out.origin, "attempt": out.attempt, "level": out.level, "reached_answer": out.reached}
 
 
 def incorrect_row(rec: CoTRecord, out: IncorrectOutcome, level: Optional[str]) -> dict:
-    """The incorrect-CoT row: the response ends with the answer the incorrect reasoning reaches."""
+    """The incorrect-CoT row: the response ends with the answer the incorrect reasoning reaches itself."""
     return {"id": rec.id, "problem": rec.problem, "answer": rec.answer, "reasoning": out.reasoning,
-            "reached_answer": out.reached, "response": final_response(out.reasoning or "", out.reached or ""),
+            "reached_answer": out.reached,
+            "response": format_response(out.reasoning or "", out.reached, answer_kind(rec.answer)),
             "attempt": out.attempt, "level": level}

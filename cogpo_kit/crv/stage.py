@@ -187,7 +187,8 @@ def run_rethink(params, *, engines: Optional[dict[str, Any]] = None, naive: bool
         rt = Rethink(agents, crv)
         n = len(records)
         jobs = [rt.example(r, crits[r.id]["level"], crits[r.id].get("reason")) for r in records]
-        jobs += [rt.incorrect(r) for r in records]
+        n_inc = n if crv.incorrect_cots else 0
+        jobs += [rt.incorrect(r) for r in records[:n_inc]]
         probe_n = 0
         if crv.free_label_probe and "verifier" in agents.roles and agents.roles["verifier"].constrained:
             verifier = agents.role("verifier")
@@ -201,7 +202,7 @@ def run_rethink(params, *, engines: Optional[dict[str, Any]] = None, naive: bool
         except Exception as exc:
             stage.logger.error("rethink stopped: %s; calls so far: %s", exc, agents.counter_dict())
             raise
-        outcomes, incorrect, probes = results[:n], results[n:2 * n], results[2 * n:]
+        outcomes, incorrect, probes = results[:n], results[n:n + n_inc], results[n + n_inc:]
         rewrites = [row for o in outcomes for row in o.attempts] + [row for o in incorrect for row in o.attempts]
         atomic_write_jsonl(stage.file("rewrites.jsonl"), rewrites)
         by_id = {r.id: r for r in records}
@@ -257,7 +258,9 @@ def _rethink_notes(stage, funnel: dict, crv) -> None:
         stage.note("D_SFT* is empty: no CoT passed verification and re-rating.")
     n = funnel["examples"]
     found = funnel["incorrect"]["found"]
-    if n and found < n:
+    if not crv.incorrect_cots:
+        stage.note("no incorrect CoTs were written (crv.incorrect_cots: false): no medium- or large-gap pairs.")
+    elif n and found < n:
         why = ", ".join(f"{reason}: {count}" for reason, count in sorted(funnel["incorrect"]["failed"].items()))
         stage.note(f"no incorrect CoT for {n - found} of {n} examples within crv.incorrect_max_attempts="
                    f"{crv.incorrect_max_attempts} (examples by reason: {why}).")

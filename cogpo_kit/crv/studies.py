@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from cogpo_kit.answers.response import answer_kind, format_response
 from cogpo_kit.crv.agents import Agents
-from cogpo_kit.crv.answers import final_response
 from cogpo_kit.crv.critic import ask_label
 from cogpo_kit.crv.funnel import LEVELS, label_quality
 from cogpo_kit.crv.scheduler import Scheduler
@@ -41,7 +41,7 @@ def equal_level_subsets(records: Sequence[CoTRecord], levels: dict[str, Optional
         chosen = sorted(pool, key=lambda r: stable_hash([seed, r.id]))[:n]
         chosen.sort(key=lambda r: position[r.id])
         out[lv] = [{"id": r.id, "problem": r.problem, "answer": r.answer, "reasoning": r.reasoning,
-                    "response": final_response(r.reasoning, r.answer), "origin": lv, "attempt": 0, "level": lv}
+                    "response": format_response(r.reasoning, r.answer, answer_kind(r.answer)), "origin": lv, "attempt": 0, "level": lv}
                    for r in chosen]
     return out, notes
 

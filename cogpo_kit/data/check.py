@@ -68,6 +68,10 @@ def _print_cot_report(records: list[CoTRecord], report: LoadReport, blank: int, 
     print(f"rejected:       {report.n_rejected}", file=out)
     for reason, n in sorted(report.rejected.items()):
         print(f"  {reason:<14}{n}", file=out)
+    if report.stripped:
+        print(f"format instruction removed from problems: {report.stripped}", file=out)
+        for name, n in sorted(report.stripped_by_instruction.items()):
+            print(f"  {name:<20}{n}", file=out)
     if records:
         stats = record_length_stats(records)
         print("lengths (valid rows)   chars min / median / mean / max          words min / median / mean / max",

@@ -25,6 +25,14 @@ class DataConfig:
     """Shuffle with ``seed`` before ``limit``."""
     seed: int = 0
     """Seed of the shuffle."""
+    strip_format_instructions: bool = True
+    """Remove the dataset's own answer-format instruction from each problem of a conversations source
+    (``bespoke_stratos``, ``openthoughts``, ``sky_t1``; ``data check`` on a file in that format): every
+    Bespoke-Stratos math problem starts ``Return your final response within \\boxed{}.``, every code
+    problem ``Generate an executable Python function ...``. Only the known texts at the very start or
+    end of the problem go (:data:`cogpo_kit.data.parsers.ANSWER_FORMAT_INSTRUCTIONS`); the removed text
+    is kept in the record's ``meta["format_instructions"]`` and counted in the load report. ``false``:
+    problems as the dataset has them."""
     on_invalid: Literal["error", "reject"] = "error"
     """Rows with missing/empty fields, wrong types or duplicate ids: ``error`` stops with the file, line
     and field named; ``reject`` writes them to ``rejects.jsonl`` with the reason and counts them."""

@@ -16,6 +16,11 @@ row stops the load with a :class:`~cogpo_kit.io.DataError` naming file, line and
 ``reject`` bad rows are collected with their reason, counted in the :class:`LoadReport` and written
 to ``rejects_path`` (atomically) when one is given. Valid rows are then shuffled with ``seed``
 (when ``shuffle``) and the first ``limit`` kept.
+
+Conversations sources lose the dataset's own answer-format instruction from their problems
+(``Return your final response within \\boxed{}.`` and the like, see
+:data:`~cogpo_kit.data.parsers.ANSWER_FORMAT_INSTRUCTIONS`) unless ``strip_format_instructions`` is
+off; the load report counts the problems stripped (``stripped``) and each instruction removed.
 """
 
 from __future__ import annotations
@@ -137,8 +142,12 @@ def _check_config(config: DataConfig, spec: LoaderSpec) -> None:
 
 
 def validate_rows(rows: Iterable[RawRow], *, source: str, fmt: str, fields: dict[str, str] | None = None,
-                  on_invalid: str = "error", report: LoadReport | None = None) -> tuple[list[CoTRecord], LoadReport]:
-    """Parse and validate rows in order; returns the valid records (file order) and the report."""
+                  on_invalid: str = "error", report: LoadReport | None = None,
+                  strip_instructions: bool = True) -> tuple[list[CoTRecord], LoadReport]:
+    """Parse and validate rows in order; returns the valid records (file order) and the report.
+
+    ``strip_instructions``: remove known answer-format instructions from the problems (formats that
+    carry them), counted in the report."""
     parser = PARSERS[fmt]
     report = report or LoadReport(source=source)
     records: list[CoTRecord] = []
@@ -154,9 +163,11 @@ def validate_rows(rows: Iterable[RawRow], *, source: str, fmt: str, fields: dict
         if raw.reason:
             reject(Reject(raw.path, raw.line, raw.reason, None, raw.message or raw.reason, raw.raw))
             continue
-        ctx = RowContext(source=source, path=raw.path, line=raw.line, fields=dict(fields or {}), index=index)
+        ctx = RowContext(source=source, path=raw.path, line=raw.line, fields=dict(fields or {}), index=index,
+                         strip_instructions=strip_instructions)
         try:
-            record = to_record(parser(raw.obj, ctx), source)
+            parsed = parser(raw.obj, ctx)
+            record = to_record(parsed, source)
         except RowProblem as p:
             reject(Reject(raw.path, raw.line, p.reason, p.field, p.message, raw.obj))
             continue
@@ -167,6 +178,7 @@ def validate_rows(rows: Iterable[RawRow], *, source: str, fmt: str, fields: dict
                           f"id '{record.id}' already used at {first}", raw.obj))
             continue
         seen[record.id] = (raw.path, raw.line)
+        report.add_stripped(parsed.stripped)
         records.append(record)
     report.valid = len(records)
     return records, report
@@ -201,13 +213,17 @@ def load_cot(config: DataConfig, *, rejects_path: str | os.PathLike | None = Non
     paths, rows = _source_rows(spec, config)
     report = LoadReport(source=spec.name, paths=paths)
     records, report = validate_rows(rows, source=spec.name, fmt=spec.format, fields=config.fields,
-                                    on_invalid=config.on_invalid, report=report)
+                                    on_invalid=config.on_invalid, report=report,
+                                    strip_instructions=config.strip_format_instructions)
     kept = select(records, config)
     report.kept = len(kept)
     if rejects_path is not None and config.on_invalid == "reject":
         write_rejects(report, rejects_path)
     lg.info("data %s: read %d rows from %s, %d valid, %d rejected %s, kept %d", spec.name, report.read,
              ", ".join(paths), report.valid, report.n_rejected, report.rejected or "", report.kept)
+    if report.stripped:
+        lg.info("data %s: answer-format instruction removed from %d problems %s", spec.name, report.stripped,
+                report.stripped_by_instruction)
     for r in report.rejects[:20]:
         lg.warning("rejected: %s", r.describe())
     return kept, report
@@ -227,7 +243,8 @@ def first_object(path: str | os.PathLike) -> object | None:
 
 
 def load_source(source: str, *, path: str | os.PathLike | None = None, on_invalid: str = "error",
-                rejects_path: str | os.PathLike | None = None) -> tuple[list[CoTRecord], LoadReport]:
+                rejects_path: str | os.PathLike | None = None,
+                strip_format_instructions: bool = True) -> tuple[list[CoTRecord], LoadReport]:
     """Load a loader name, or a file/folder whose CoT format is recognised from its first row.
 
     No shuffle and no limit: all valid rows in file order. A file whose rows match no known CoT
@@ -235,7 +252,8 @@ def load_source(source: str, *, path: str | os.PathLike | None = None, on_invali
     """
     if source in LOADERS:
         config = DataConfig(source=source, path=str(path) if path else None, shuffle=False,
-                            on_invalid=on_invalid)  # type: ignore[arg-type]
+                            on_invalid=on_invalid,  # type: ignore[arg-type]
+                            strip_format_instructions=strip_format_instructions)
         return load_cot(config, rejects_path=rejects_path)
     fmt = detect_format(first_object(source))
     if fmt is None:
@@ -243,7 +261,8 @@ def load_source(source: str, *, path: str | os.PathLike | None = None, on_invali
                         "reasoning fields; map other fields with data.source: file and data.fields)", path=source)
     _check_config(DataConfig(source="file", path=str(source), on_invalid=on_invalid), LOADERS["file"])  # type: ignore[arg-type]
     report = LoadReport(source=fmt, paths=[str(source)])
-    records, report = validate_rows(iter_rows(source), source=fmt, fmt=fmt, on_invalid=on_invalid, report=report)
+    records, report = validate_rows(iter_rows(source), source=fmt, fmt=fmt, on_invalid=on_invalid, report=report,
+                                    strip_instructions=strip_format_instructions)
     report.kept = len(records)
     if rejects_path is not None and on_invalid == "reject":
         write_rejects(report, rejects_path)

@@ -20,14 +20,21 @@ Formats:
   ``<|begin_of_thought|>…<|end_of_thought|>`` (→ reasoning) and
   ``<|begin_of_solution|>…<|end_of_solution|>`` (→ ``meta["solution"]``; answer = its last
   ``\\boxed{}``, or the whole solution when it has none). ``<think>…</think>`` is read the same way.
+  The dataset's own answer-format instruction around the user's problem (every Bespoke-Stratos math
+  problem starts ``Return your final response within \\boxed{}.``, every code problem
+  ``Generate an executable Python function generated from the given prompt. ...``) is removed from
+  the problem (see :data:`ANSWER_FORMAT_INSTRUCTIONS`; ``DataConfig.strip_format_instructions``
+  turns it off): the agents and the student get their own instruction from the kit's prompts, and
+  two would disagree. The removed text is kept in ``meta["format_instructions"]``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Sequence
 
 OUR_FIELDS = ("id", "problem", "answer", "reasoning")
 
@@ -55,6 +62,8 @@ class RowContext:
     fields: dict[str, str] = field(default_factory=dict)
     index: int = 0
     """0-based position of the row in the whole source (all files of a folder together)."""
+    strip_instructions: bool = True
+    """Remove known answer-format instructions from the problem (formats that have them)."""
 
     @property
     def stem(self) -> str:
@@ -69,6 +78,8 @@ class Parsed:
     values: dict[str, Any]
     origin: dict[str, str]
     meta: dict[str, Any]
+    stripped: tuple[str, ...] = ()
+    """Names of the answer-format instructions removed from the problem (:data:`ANSWER_FORMAT_INSTRUCTIONS`)."""
 
 
 def _require_object(obj: Any) -> dict:
@@ -121,6 +132,104 @@ def parse_mapped(obj: Any, ctx: RowContext) -> Parsed:
     used = set(mapping.values())
     meta = {k: v for k, v in row.items() if k not in used}
     return Parsed(values=values, origin=origin, meta=meta)
+
+
+@dataclass(frozen=True)
+class FormatInstruction:
+    """An answer-format instruction a dataset wraps around its problems, written the way the dataset does."""
+
+    name: str
+    """Short name, used in the load report's counts."""
+    text: str
+    """The instruction as the dataset writes it. Runs of whitespace match any whitespace; ``\\boxed{}``
+    also matches ``\\boxed{{}}`` (generation code that concatenated an unformatted format string); a
+    ``trailing`` instruction's final period is optional."""
+    position: Literal["leading", "trailing"]
+    """Where it stands: before the problem (``leading``) or after it (``trailing``)."""
+    origin: str = ""
+    """Where the dataset's text comes from."""
+
+    @property
+    def pattern(self) -> re.Pattern:
+        return _instruction_pattern(self.text, self.position)
+
+
+@functools.lru_cache(maxsize=None)
+def _instruction_pattern(text: str, position: str) -> re.Pattern:
+    body = r"\s+".join(re.escape(word) for word in text.split())
+    body = body.replace(re.escape("\\boxed{}"), r"\\boxed(?:\{\}|\{\{\}\})")
+    if position == "leading":
+        return re.compile(rf"\A\s*{body}\s*")
+    if body.endswith(r"\."):
+        body = body[:-2] + r"\.?"
+    return re.compile(rf"\s*{body}\s*\Z")
+
+
+ANSWER_FORMAT_INSTRUCTIONS: tuple[FormatInstruction, ...] = (
+    FormatInstruction(
+        "boxed", "Return your final response within \\boxed{}.", "leading",
+        "Bespoke-Stratos-17k, OpenThoughts-114k, Sky-T1_data_17k math and science rows (the NuminaMath "
+        "template of the Sky-T1 / Bespoke / OpenThoughts generation code: instruction, a space, the problem)"),
+    FormatInstruction(
+        "boxed_letter", "Return your final response within \\boxed{} and only include the letter choice "
+        "(A, B, C, or D) as your final response.", "leading",
+        "the Sky-T1 generation code's multiple-choice template (GPQA, MMLU style rows)"),
+    FormatInstruction(
+        "boxed_trailing", "Return your final response within \\boxed{}.", "trailing",
+        "the Sky-T1 generation code's math template for Sky-T1-32B-Preview (a newline, then the instruction)"),
+    FormatInstruction(
+        "step_by_step_boxed", "Please reason step by step, and put your final answer within \\boxed{}.",
+        "trailing",
+        "the DeepSeek-R1 recommended math prompt, found at the end of problems in many distilled CoT sets "
+        "(and the kit's own student prompt, which adds it again)"),
+)
+"""Answer-format instructions removed from the start or end of a ``conversations`` problem.
+
+The code rows' instructions (:data:`CODE_TASK_INSTRUCTIONS`) are not among them: they say what program to
+write (read stdin and print, or return a function body), which is part of the task for the agents and
+the student alike, and the kit's student prompt adds nothing to a code problem
+(:func:`cogpo_kit.answers.response.student_messages`).
+
+Only an exact match at the very start (``leading``) or very end (``trailing``) of the user's text is
+removed, repeatedly (a problem may carry one of each); the same words anywhere else are part of the
+problem and stay. A problem that is nothing but an instruction is rejected (``empty_field``). The
+removed text goes to ``meta["format_instructions"]``, so a prompt that needs it (a code problem's
+stdin or function-body convention) can put it back.
+"""
+
+
+CODE_TASK_INSTRUCTIONS: tuple[FormatInstruction, ...] = (
+    FormatInstruction(
+        "code_stdin", "Generate an executable Python function generated from the given prompt. The function "
+        "should take stdin as input and print the output. Simply call the function after the definition.",
+        "leading",
+        "Bespoke-Stratos-17k, OpenThoughts-114k code rows (APPS / TACO / CodeContests without a function "
+        "name); the problem follows with no space, and any starter code after a newline"),
+    FormatInstruction(
+        "code_function", "Generate an executable Python function generated from the given prompt. Return the "
+        "function body without invoking it at the final solution.", "leading",
+        "Bespoke-Stratos-17k, OpenThoughts-114k code rows with a function name (call-based); the problem "
+        "follows with no space, then the starter code after a newline (kept: it is part of the problem)"),
+)
+"""The code rows' own instructions, kept in the problem (not stripped): they specify the program."""
+
+
+def strip_format_instructions(text: str, instructions: Sequence[FormatInstruction] = ANSWER_FORMAT_INSTRUCTIONS,
+                              ) -> tuple[str, list[FormatInstruction], list[str]]:
+    """``(problem, instructions removed, removed texts)``: ``text`` without the known instructions at its ends."""
+    removed: list[FormatInstruction] = []
+    texts: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for ins in instructions:
+            m = ins.pattern.search(text)
+            if m:
+                texts.append(m.group(0).strip())
+                removed.append(ins)
+                text = text[:m.start()] + text[m.end():]
+                changed = True
+    return text, removed, texts
 
 
 _USER_ROLES = ("user", "human")
@@ -196,11 +305,22 @@ def parse_conversations(obj: Any, ctx: RowContext) -> Parsed:
     rid = row.get("id", MISSING)
     if rid is MISSING:
         rid = f"{ctx.source}-{ctx.index}"
-    return Parsed(values={"id": rid, "problem": users[0], "answer": answer if answer is not None else solution,
+    problem = users[0]
+    stripped: tuple[str, ...] = ()
+    if ctx.strip_instructions and isinstance(problem, str):
+        rest, removed, texts = strip_format_instructions(problem)
+        if removed:
+            if not rest.strip():
+                raise RowProblem("empty_field", "conversations",
+                                 "the user turn holds only an answer-format instruction "
+                                 f"({', '.join(i.name for i in removed)}), no problem")
+            problem, stripped = rest, tuple(i.name for i in removed)
+            meta["format_instructions"] = texts
+    return Parsed(values={"id": rid, "problem": problem, "answer": answer if answer is not None else solution,
                           "reasoning": thought},
                   origin={"id": "id" if "id" in row else "(line number)", "problem": "conversations",
                           "answer": "conversations", "reasoning": "conversations"},
-                  meta=meta)
+                  meta=meta, stripped=stripped)
 
 
 FORMAT_NAMES = {

@@ -70,6 +70,11 @@ class LoadReport:
     """The rejected rows themselves."""
     rejects_path: str | None = None
     """Where the rejects were written, if anywhere."""
+    stripped: int = 0
+    """Valid rows whose problem had the dataset's own answer-format instruction removed
+    (:data:`~cogpo_kit.data.parsers.ANSWER_FORMAT_INSTRUCTIONS`)."""
+    stripped_by_instruction: dict[str, int] = field(default_factory=dict)
+    """Valid rows per instruction removed (a problem may lose one leading and one trailing)."""
 
     @property
     def n_rejected(self) -> int:
@@ -79,11 +84,19 @@ class LoadReport:
         self.rejected[reject.reason] = self.rejected.get(reject.reason, 0) + 1
         self.rejects.append(reject)
 
+    def add_stripped(self, names: tuple[str, ...] | list[str]) -> None:
+        """Count a valid row whose problem lost the instructions ``names``."""
+        if names:
+            self.stripped += 1
+            for name in names:
+                self.stripped_by_instruction[name] = self.stripped_by_instruction.get(name, 0) + 1
+
     def to_dict(self) -> dict:
         """Counts only (the rejected rows go to the rejects file)."""
         return {"source": self.source, "paths": list(self.paths), "read": self.read, "valid": self.valid,
                 "kept": self.kept, "rejected": dict(self.rejected), "n_rejected": self.n_rejected,
-                "rejects_path": self.rejects_path}
+                "rejects_path": self.rejects_path, "format_instructions_stripped": self.stripped,
+                "format_instructions": dict(self.stripped_by_instruction)}
 
 
 def _check_text(name: str, value: Any, origin: str, *, numeric_ok: bool) -> str:

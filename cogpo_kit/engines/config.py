@@ -99,12 +99,13 @@ class EngineConfig:
     """``openai``: longest delay between two retries, in seconds."""
     guided_choice: Literal["auto", "grammar", "vllm", "none"] = "auto"
     """``openai``: how to ask the server for a constrained label: a GBNF ``grammar`` field (llama.cpp
-    server), vLLM's ``structured_outputs``/``guided_choice``, or ``none`` (free text, parsed);
-    ``auto`` picks from the server's identity."""
+    server), vLLM's ``structured_outputs`` (``guided_choice`` before vLLM 0.11, told by ``/version``),
+    or ``none`` (free text, parsed); ``auto`` picks from the server's identity."""
     thinking_end: Optional[str] = None
     """Reasoning models: the end-of-thinking marker (``</think>``); label answers are constrained only
     after it. ``None``: answer at once."""
     max_thinking_tokens: int = 4096
-    """Reasoning models: tokens allowed before the constrained answer."""
+    """Reasoning models: tokens allowed before the constrained answer (vLLM: a thought cut here gets
+    the end-of-thinking marker, then the label)."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """The response cache under this engine."""

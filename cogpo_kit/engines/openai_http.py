@@ -9,11 +9,13 @@ status, and samples already finished have been handed to the cache. Other 4xx an
 as error completions (a prompt too long for the server's context raises :class:`ContextLengthError`).
 The key comes from the environment variable named by ``api_key_env``, never from params.
 
-Label answers use the server's own guided-choice extension where it has one: a GBNF ``grammar``
-field (llama.cpp server) or vLLM's ``structured_outputs: {"choice": [...]}``; other servers get
-free text, parsed. ``guided_choice: auto`` tells the servers apart by ``GET /models`` (``owned_by``).
-Reasoning models on vLLM think first, then the label continues their message under the constraint;
-elsewhere the label is parsed from the text after the end-of-thinking marker.
+Label answers use the server's own guided-choice extension where it has one (see
+:mod:`cogpo_kit.engines.openai_bodies`); ``guided_choice: auto`` tells the servers apart by
+``GET /models`` (``owned_by``) and vLLM releases by ``GET /version``. Reasoning models on vLLM think
+first; the label then continues their tokens under the constraint (``/v1/completions`` with the
+prompt, thinking and end-of-thinking token ids; the end-of-thinking ids come from ``/tokenize``).
+Elsewhere the label is parsed from the text after the end-of-thinking marker. On servers started
+with a reasoning parser the thinking is read from the message's ``reasoning`` field.
 """
 
 from __future__ import annotations
@@ -27,84 +29,26 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Optional, Sequence
 
 from cogpo_kit.engines.base import Completion, ContextLengthError, EngineError, Request
-from cogpo_kit.engines.common import (choices_grammar, describe_request, error_completion,
-                                      label_budget, label_completion, sample_seed)
+from cogpo_kit.engines.common import describe_request, error_completion, label_completion
 from cogpo_kit.engines.config import EngineConfig
+from cogpo_kit.engines.openai_bodies import (Reply, Server, completion_label_body, flavor_from_models,
+                                             parse_response, parse_tokens, parse_version, request_body)
+from cogpo_kit.engines.vllm_engine import continuation_ids
 
 RETRY_STATUS = {408, 409, 425, 429}
 CONTEXT_ERROR = re.compile(r"context (length|window)|maximum context|exceed.*(context|tokens)|too long",
                            re.IGNORECASE)
+
+__all__ = ["OpenAIEngine", "Reply", "Server", "flavor_from_models", "parse_response", "request_body"]
 
 
 class _Aborted(Exception):
     """A queued sample skipped because the batch already failed."""
 
 
-def flavor_from_models(payload: Any) -> str:
-    """``vllm``, ``grammar`` (llama.cpp) or ``none`` from a ``GET /models`` answer."""
-    try:
-        owners = {str(m.get("owned_by", "")).lower() for m in payload.get("data", [])}
-    except AttributeError:
-        return "none"
-    if "vllm" in owners:
-        return "vllm"
-    if owners & {"llamacpp", "llama.cpp", "me"}:
-        return "grammar"
-    return "none"
-
-
-def request_body(request: Request, index: int, config: EngineConfig, flavor: str, *, phase: int = 1,
-                 thought: str = "") -> dict:
-    """The JSON body of sample ``index`` of ``request`` for a server of the given flavor."""
-    s = request.sampling
-    think = config.thinking_end
-    msgs = [{"role": m["role"], "content": m["content"]} for m in request.messages]
-    body: dict[str, Any] = {"model": config.model, "messages": msgs, "n": 1,
-                            "temperature": max(0.0, float(s.temperature)), "top_p": float(s.top_p),
-                            "max_tokens": int(s.max_tokens), "seed": sample_seed(s.seed, index)}
-    stops = list(s.stop)
-    if flavor in ("vllm", "grammar") and s.top_k and s.top_k > 0:
-        body["top_k"] = int(s.top_k)
-    if request.choices is not None:
-        if think and flavor == "vllm" and phase == 1:
-            body["max_tokens"] = int(config.max_thinking_tokens)
-            stops.append(think)
-        elif think and flavor == "vllm":
-            body["messages"] = msgs + [{"role": "assistant", "content": thought + think}]
-            body["continue_final_message"] = True
-            body["add_generation_prompt"] = False
-            body["max_tokens"] = label_budget(request)
-            body["structured_outputs"] = {"choice": list(request.choices)}
-        elif think:
-            body["max_tokens"] = int(config.max_thinking_tokens) + label_budget(request)
-        elif flavor == "vllm":
-            body["max_tokens"] = label_budget(request)
-            body["structured_outputs"] = {"choice": list(request.choices)}
-        elif flavor == "grammar":
-            body["max_tokens"] = label_budget(request)
-            body["grammar"] = choices_grammar(request.choices)
-        else:
-            body["max_tokens"] = max(label_budget(request), int(s.max_tokens))
-    if flavor == "vllm" and config.truncation == "left":
-        body["truncate_prompt_tokens"] = max(1, int(config.context_length) - int(body["max_tokens"]))
-    if stops:
-        body["stop"] = stops
-    return body
-
-
-def parse_response(payload: Any) -> tuple[str, str, int, int]:
-    """(text, finish_reason, prompt_tokens, completion_tokens) of a chat completion; ValueError if malformed."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list) or not payload["choices"]:
-        raise ValueError("no 'choices' list")
-    ch = payload["choices"][0]
-    msg = ch.get("message") if isinstance(ch, dict) else None
-    if not isinstance(msg, dict) or not isinstance(msg.get("content", ""), (str, type(None))):
-        raise ValueError("no 'choices[0].message.content'")
-    text = msg.get("content") or ""
-    fin = ch.get("finish_reason")
-    usage = payload.get("usage") or {}
-    finish = "length" if fin == "length" else "stop"
-    return text, finish, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+def server_root(url: str) -> str:
+    """The server's root (``/version``, ``/tokenize`` live there) from a ``.../v1`` base URL."""
+    return url[:-3] if url.endswith("/v1") else url
 
 
 class OpenAIEngine:
@@ -132,26 +76,45 @@ class OpenAIEngine:
         self._httpx = httpx
         self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
                                    limits=httpx.Limits(max_connections=conc, max_keepalive_connections=conc))
-        self._flavors: dict[str, str] = {}
+        self._servers: dict[str, Server] = {}
+        self._think_ids: Optional[list[int]] = None
         self._next = 0
         self._lock = threading.Lock()
         self.prompt_truncations: dict[str, int] = {}
 
     # -- servers --------------------------------------------------------------------------
-    def flavor(self, url: str) -> str:
-        """How the server at ``url`` takes constrained labels (``guided_choice`` unless ``auto``)."""
-        if self.config.guided_choice != "auto":
-            return self.config.guided_choice
-        if url not in self._flavors:
+    def server(self, url: str) -> Server:
+        """What the server at ``url`` is: how it takes labels (``guided_choice`` unless ``auto``) and,
+        for vLLM, its release."""
+        if url in self._servers:
+            return self._servers[url]
+        flavor = self.config.guided_choice
+        if flavor == "auto":
             try:
                 r = self.client.get(url + "/models", timeout=min(10.0, self.config.timeout_s))
                 r.raise_for_status()
-                self._flavors[url] = flavor_from_models(r.json())
-                self.logger.info("openai: %s takes labels as: %s", url, self._flavors[url])
+                flavor = flavor_from_models(r.json())
             except Exception as exc:  # the server is not up yet: the request itself will retry
                 self.logger.warning("openai: cannot identify %s (%s); labels parsed from free text", url, exc)
-                return "none"
-        return self._flavors[url]
+                return Server("none")
+        version = None
+        if flavor == "vllm":
+            try:
+                r = self.client.get(server_root(url) + "/version", timeout=min(10.0, self.config.timeout_s))
+                r.raise_for_status()
+                version = parse_version(r.json())
+            except Exception as exc:
+                self.logger.warning("openai: no vLLM release from %s/version (%s); taken as recent",
+                                    server_root(url), exc)
+        info = Server(flavor, version)
+        self.logger.info("openai: %s takes labels as: %s%s", url, flavor,
+                         f" (vLLM {'.'.join(map(str, version))})" if version else "")
+        self._servers[url] = info
+        return info
+
+    def flavor(self, url: str) -> str:
+        """How the server at ``url`` takes constrained labels."""
+        return self.server(url).flavor
 
     def _delay(self, attempt: int, retry_after: Optional[str]) -> float:
         cap = float(self.config.retry_backoff_max_s)
@@ -163,8 +126,10 @@ class OpenAIEngine:
         base = min(cap, float(self.config.retry_backoff_s) * (2 ** attempt))
         return random.uniform(base / 2, base)
 
-    def _post(self, make_body: Callable[[str], dict], where: str, abort: threading.Event) -> tuple:
-        """POST with retries; returns the parsed response or an error Completion for 4xx."""
+    def _post(self, make_body: Callable[[str], dict], where: str, abort: threading.Event, *,
+              endpoint: Callable[[str], str] = lambda url: url + "/chat/completions",
+              parse: Callable[[Any], Any] = parse_response) -> Any:
+        """POST with retries; returns the parsed answer, or an error Completion for 4xx."""
         httpx = self._httpx
         with self._lock:
             start = self._next
@@ -177,7 +142,7 @@ class OpenAIEngine:
             url = self.urls[(start + attempt) % len(self.urls)]
             retry_after = None
             try:
-                r = self.client.post(url + "/chat/completions", json=make_body(url))
+                r = self.client.post(endpoint(url), json=make_body(url))
             except httpx.TimeoutException:
                 last = f"timeout after {self.config.timeout_s:g} s"
             except httpx.TransportError as exc:
@@ -185,9 +150,13 @@ class OpenAIEngine:
             else:
                 if r.status_code == 200:
                     try:
-                        return parse_response(r.json())
+                        out = parse(r.json())
                     except ValueError as exc:
                         last = f"HTTP 200 with a malformed body ({exc})"
+                    else:
+                        if not (isinstance(out, Reply) and out.finish == "error"):
+                            return out
+                        last = "HTTP 200 with finish_reason 'error' (a server-side failure)"
                 elif r.status_code in RETRY_STATUS or r.status_code >= 500:
                     last = f"HTTP {r.status_code} {r.text[:200]!r}"
                     retry_after = r.headers.get("retry-after")
@@ -205,31 +174,69 @@ class OpenAIEngine:
         abort.set()  # the server is gone: queued samples are not started
         raise EngineError(f"openai: server {url} failed {attempts} times for {where}; last status: {last}")
 
+    def _tokenize(self, text: str, abort: threading.Event) -> Any:
+        """Token ids of ``text`` (no special tokens) from vLLM's ``/tokenize``; the marker's are kept."""
+        if text == self.config.thinking_end and self._think_ids is not None:
+            return self._think_ids
+        out = self._post(lambda url: {"model": self.config.model, "prompt": text, "add_special_tokens": False},
+                         "tokenize", abort, endpoint=lambda url: server_root(url) + "/tokenize", parse=parse_tokens)
+        if text == self.config.thinking_end and not isinstance(out, Completion):
+            self._think_ids = out
+        return out
+
     # -- generation -----------------------------------------------------------------------
+    def _label_after_thinking(self, r: Request, index: int, where: str, first: Reply,
+                              abort: threading.Event) -> Completion:
+        """Continue a reasoning model's tokens after its thinking under the label constraint."""
+        think = self.config.thinking_end or ""
+        thought = first.reasoning + first.text
+        if first.prompt_ids is None or first.token_ids is None:
+            return error_completion(f"openai: the server returned no token ids for the thinking of {where} "
+                                    f"(return_token_ids, vLLM >= 0.11); set guided_choice: none to parse "
+                                    f"labels from free text instead", first.prompt_tokens)
+        think_ids = self._tokenize(think, abort)
+        if isinstance(think_ids, Completion):
+            return think_ids
+        failed: list[Completion] = []
+
+        def encode(text: str) -> list[int]:
+            ids = self._tokenize(text, abort)
+            if isinstance(ids, Completion):
+                failed.append(ids)
+                return []
+            return ids
+
+        ids = continuation_ids(first.prompt_ids, first.token_ids, thought, first.finish, think_ids, encode)
+        if failed:
+            return failed[0]
+        out = self._post(lambda url: completion_label_body(r, index, self.config, self.server(url), ids),
+                         where + " (label)", abort, endpoint=lambda url: url + "/completions",
+                         parse=lambda payload: parse_response(payload, chat=False))
+        if isinstance(out, Completion):
+            return out
+        n_new = first.completion_tokens or len(first.token_ids)
+        return label_completion(thought + think + out.text, out.finish, first.prompt_tokens or len(first.prompt_ids),
+                                n_new + (out.completion_tokens or 0), r.choices, think, constrained=True)
+
     def _sample(self, r: Request, i: int, j: int, abort: threading.Event) -> Completion:
         index = r.sample_offset + j
         where = describe_request(i, r) + f" sample {index}"
         think = self.config.thinking_end
-        used: dict[str, str] = {}
+        used: dict[str, Server] = {}
 
-        def body(url: str, phase: int = 1, thought: str = "") -> dict:
-            used["flavor"] = self.flavor(url) if r.choices is not None or r.sampling.top_k else "none"
-            return request_body(r, index, self.config, used["flavor"], phase=phase, thought=thought)
+        def body(url: str) -> dict:
+            used["server"] = self.server(url)
+            return request_body(r, index, self.config, used["server"])
 
         out = self._post(body, where, abort)
         if isinstance(out, Completion):
             return out
-        text, fin, n_prompt, n_new = out
-        flavor = used.get("flavor", "none")
-        constrained = r.choices is not None and flavor in ("vllm", "grammar") and not think
-        if r.choices is not None and think and flavor == "vllm":
-            out2 = self._post(lambda url: body(url, 2, text), where + " (label)", abort)
-            if isinstance(out2, Completion):
-                return out2
-            label, fin, _p, n2 = out2
-            return label_completion(text + think + label, fin, n_prompt, n_new + n2, r.choices, think,
-                                    constrained=True)
-        return label_completion(text, fin, n_prompt, n_new, r.choices, think, constrained=constrained)
+        srv = used.get("server", Server())
+        if r.choices is not None and think and srv.token_level:
+            return self._label_after_thinking(r, index, where, out, abort)
+        constrained = r.choices is not None and srv.flavor in ("vllm", "grammar") and not think
+        return label_completion(out.full_text(think), out.finish, out.prompt_tokens, out.completion_tokens,
+                                r.choices, think, constrained=constrained)
 
     def generate(self, requests: Sequence[Request],
                  on_result: Optional[Callable[[int, int, Completion], None]] = None) -> list[list[Completion]]:

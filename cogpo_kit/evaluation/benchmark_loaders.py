@@ -2,14 +2,14 @@
 
 Each loader returns dicts with the fields of :class:`~cogpo_kit.evaluation.benchmarks.Problem`
 (except ``kind``). A row missing a required field raises :class:`~cogpo_kit.io.DataError` naming
-the file, line and field. GPQA is read from its password-protected zip in memory only.
+the file, line and field. GPQA is read from its password-protected zip in memory only. LiveCodeBench's
+loaders live in :mod:`livecodebench`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
 import re
@@ -17,9 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from cogpo_kit.evaluation.answer_extraction import boxed_answer
-from cogpo_kit.evaluation.code_tests import (CodeTest, decode_tests, func_name_of, parse_atcoder_samples,
-                                             parse_leetcode_examples)
+from cogpo_kit.answers.extraction import boxed_answer
+from cogpo_kit.evaluation.livecodebench import load_livecodebench, load_livecodebench_public  # noqa: F401
 from cogpo_kit.io import DataError, iter_jsonl
 
 AIME25_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -91,7 +90,9 @@ def load_gsm8k(d: Path, opt) -> list[dict]:
 
 
 def load_olympiadbench(d: Path, opt) -> list[dict]:
-    p = d / "olympiadbench" / "test.jsonl"
+    """The shipped file (675 problems), or ``eval.olympiadbench_path``: a JSONL copy of another version with
+    the same fields (e.g. the Hugging Face ``Hothan/OlympiadBench`` split ``OE_TO_maths_en_COMP``, 674)."""
+    p = Path(opt.olympiadbench_path) if getattr(opt, "olympiadbench_path", None) else d / "olympiadbench" / "test.jsonl"
     out = []
     for n, o in _rows(p):
         finals = _req(o, "final_answer", p, n)
@@ -181,83 +182,4 @@ def load_gpqa_diamond(d: Path, opt) -> list[dict]:
         gold = "ABCD"[order.index(0)]
         out.append({"id": f"gpqa-{rid or n}", "question": row["Question"].strip(), "gold": gold, "choices": choices,
                     "meta": {"domain": row.get("High-level domain") or "unknown", "subdomain": row.get("Subdomain")}})
-    return out
-
-
-def _lcb_prompt(question: str, starter: str) -> str:
-    head = ("You will be given a question (problem specification) and will generate a correct Python program that "
-            "matches the specification and passes all tests.\n\n")
-    if starter.strip():
-        tail = ("You will use the following starter code to write the solution to the problem and enclose your code "
-                f"within delimiters.\n```python\n{starter}\n```\n\n")
-    else:
-        tail = ("Read the inputs from stdin solve the problem and write the answer to stdout (do not directly test on "
-                "the sample inputs). Enclose your code within delimiters as follows. Ensure that when the python "
-                "program runs, it reads the inputs, runs the algorithm and writes output to STDOUT.\n"
-                "```python\n# YOUR CODE HERE\n```\n\n")
-    return f"{head}Question: {question}\n\n{tail}"
-
-
-def _load_lcb_file(path: Path) -> list[dict]:
-    out = []
-    for n, o in _rows(path):
-        qid = str(_req(o, "question_id", path, n))
-        starter = o.get("starter_code") or ""
-        meta_raw = o.get("metadata") or "{}"
-        meta = json.loads(meta_raw) if isinstance(meta_raw, str) else dict(meta_raw)
-        try:
-            tests = decode_tests(o.get("public_test_cases")) + decode_tests(o.get("private_test_cases"))
-        except Exception as exc:
-            raise DataError(f"cannot decode test cases ({exc})", path=path, line=n, field="private_test_cases") from None
-        if not tests:
-            raise DataError("no test cases", path=path, line=n, field="public_test_cases")
-        code_tests = tuple(CodeTest(t["input"], t["output"], t.get("testtype", "stdin")) for t in tests)
-        func = meta.get("func_name") or func_name_of(starter)
-        question = _req(o, "question_content", path, n)
-        out.append({"id": f"lcb-{qid}", "question": question, "gold": None, "prompt": _lcb_prompt(question, starter),
-                    "tests": code_tests, "func_name": func,
-                    "meta": {"platform": o.get("platform") or "unknown", "difficulty": o.get("difficulty"),
-                             "contest_date": o.get("contest_date"), "tests_source": "dataset",
-                             "n_tests": len(code_tests)}})
-    return out
-
-
-LCB_HUB_REPO = "livecodebench/code_generation_lite"
-
-
-def _hub_file(name: str) -> Path:
-    """``hub:test5.jsonl`` -> that file of the LiveCodeBench dataset repo, downloaded (and cached) from the hub."""
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(LCB_HUB_REPO, name, repo_type="dataset"))
-    except Exception as exc:  # offline, unknown file, no huggingface_hub
-        raise DataError(f"cannot fetch {name} from the hub dataset {LCB_HUB_REPO} ({type(exc).__name__}: "
-                        f"{str(exc)[:200]}); download it where the hub is reachable and set "
-                        "eval.livecodebench_path to the local file", field="eval.livecodebench_path") from None
-
-
-def load_livecodebench(d: Path, opt) -> list[dict]:
-    if opt.livecodebench_path:
-        path = opt.livecodebench_path
-        return _load_lcb_file(_hub_file(path[4:]) if path.startswith("hub:") else Path(path))
-    p = d / "livecodebench_v5_qwq" / "livecodebench_v5.jsonl"
-    out = []
-    for n, o in _rows(p):
-        qid = str(_req(o, "question_id", p, n))
-        prompt = _req(o, "prompt", p, n).replace("\r\n", "\n")
-        atcoder = qid.startswith(("abc", "arc", "agc"))
-        if atcoder:
-            tests, func = parse_atcoder_samples(prompt), None
-        else:
-            m = re.search(r"```python\n(.*?)```", prompt, re.DOTALL)
-            func = func_name_of(m.group(1) if m else "")
-            tests = parse_leetcode_examples(prompt)
-        if not tests:
-            raise DataError("no sample tests could be parsed from the statement", path=p, line=n, field="prompt")
-        q = prompt.split("Question:", 1)[-1]
-        out.append({"id": f"lcb-{qid}", "question": q.strip(), "gold": None, "prompt": prompt, "tests": tuple(tests),
-                    "func_name": func,
-                    "meta": {"platform": "atcoder" if atcoder else "leetcode", "contest_date": o.get("contest_date"),
-                             "tests_source": "parsed_from_statement", "n_tests": len(tests)}})
     return out

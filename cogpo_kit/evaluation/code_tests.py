@@ -1,10 +1,24 @@
 """Code problems: test cases (from LiveCodeBench files or parsed from a statement), the program in
-a completion, and per-test verdicts from the sandbox.
+a completion, and per-test verdicts from the sandbox — run as LiveCodeBench's own harness
+(``lcb_runner/evaluation/testing_util.py``) runs them:
 
-Two kinds of test, as in LiveCodeBench: ``stdin`` (AtCoder: the program reads standard input and
-prints; lines compared after stripping, numbers compared as decimals) and ``functional``
-(LeetCode: ``Solution().<func_name>(*args)`` with one JSON argument per input line; the JSON result
-compared, lists and tuples alike, floats to 1e-6).
+- every program gets LiveCodeBench's import prelude (:data:`LCB_PRELUDE`: ``from math import *``,
+  ``from collections import *``, ... and ``sys.setrecursionlimit(50000)``);
+- ``stdin`` tests (AtCoder): the code's statements are wrapped into one function called once
+  (LiveCodeBench's ``make_function``; its imports stay at the top), which reads standard input
+  and prints; output and expected
+  output are compared line by line after stripping, a line that differs must hold the same
+  decimals (``Decimal``) token by token;
+- ``functional`` tests (LeetCode): ``Solution().<func_name>(*args)`` (or a module-level
+  ``<func_name>`` when the code has no ``class Solution``), one JSON argument per input line; the
+  result must *equal* the JSON expected output (``==``, a tuple result counted as a list, nothing
+  else converted: no float tolerance);
+- one time limit per test (``code_timeout_s``, LiveCodeBench's ``--timeout`` default of 6 s), the
+  first failing test ends the run.
+
+Each test runs the program in its own sandboxed process (:mod:`sandbox`), where LiveCodeBench
+runs all tests of a program in one process; its time limit covers the call only, so the kit adds
+1 s of wall clock for the interpreter start.
 
 Per-test verdicts: ``pass``, ``wrong_answer``, ``time_limit``, ``runtime_error``,
 ``memory_limit``, and ``skipped`` (after the first failure when ``stop_on_fail``).
@@ -12,6 +26,7 @@ Per-test verdicts: ``pass``, ``wrong_answer``, ``time_limit``, ``runtime_error``
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
@@ -22,6 +37,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Optional, Sequence
 
+from cogpo_kit.answers.extraction import final_segment
 from cogpo_kit.evaluation.sandbox import Limits, run_program
 
 VERDICTS = ("pass", "wrong_answer", "time_limit", "runtime_error", "memory_limit", "skipped")
@@ -140,13 +156,11 @@ def parse_leetcode_examples(statement: str) -> list[CodeTest]:
 
 # ---- the program -------------------------------------------------------------------------------
 def extract_code(completion: Optional[str]) -> Optional[str]:
-    """The last fenced code block (```python preferred) of a completion; ``None`` when there is none."""
+    """The last fenced code block (```python preferred) of a completion's final part (after its
+    thinking, see :func:`~cogpo_kit.answers.extraction.final_segment`); ``None`` when there is none."""
     if not completion:
         return None
-    text = completion
-    idx = text.rfind("</think>")
-    if idx >= 0 and text[idx + 8:].strip():
-        text = text[idx + 8:]
+    text = final_segment(completion)
     blocks = re.findall(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", text, re.DOTALL)
     if not blocks:
         return None
@@ -155,58 +169,129 @@ def extract_code(completion: Optional[str]) -> Optional[str]:
     return code if code.strip() else None
 
 
-_PRELUDE = """import sys, json, math, collections, heapq, bisect, itertools, functools, string, re, random, operator
-from typing import *
-from collections import *
-from heapq import *
-from bisect import *
-from itertools import *
-from functools import *
-from math import *
-sys.setrecursionlimit(10 ** 6)
-"""
+LCB_PRELUDE = ("from string import *\nfrom re import *\nfrom datetime import *\nfrom collections import *\n"
+               "from heapq import *\nfrom bisect import *\nfrom copy import *\nfrom math import *\n"
+               "from random import *\nfrom statistics import *\nfrom itertools import *\nfrom functools import *\n"
+               "from operator import *\nfrom io import *\nfrom sys import *\nfrom json import *\n"
+               "from builtins import *\nfrom typing import *\nimport string\nimport re\nimport datetime\n"
+               "import collections\nimport heapq\nimport bisect\nimport copy\nimport math\nimport random\n"
+               "import statistics\nimport itertools\nimport functools\nimport operator\nimport io\nimport sys\n"
+               "import json\nsys.setrecursionlimit(50000)\n")
+"""LiveCodeBench's ``import_string``, put before every program (as its harness does)."""
 
+_RESULT = "__COGPO_RESULT__"
 _FUNCTIONAL_MAIN = """
 def __cogpo_main():
     import json as _j, sys as _s
-    _args = [_j.loads(_l) for _l in _s.stdin.read().split("\\n") if _l.strip()]
-    _res = Solution().{func}(*_args)
-    _s.stdout.write("\\n__COGPO_RESULT__" + _j.dumps(_res) + "\\n")
+    if hasattr(_s, "set_int_max_str_digits"):
+        _s.set_int_max_str_digits(0)
+    _args = [_j.loads(_l) for _l in _s.stdin.read().split("\\n")]
+    _res = {target}(*_args)
+    def _py(v):
+        if type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0:
+            return v.item()
+        if type(v) is list:
+            return [_py(x) for x in v]
+        if type(v) is tuple:
+            return tuple(_py(x) for x in v)
+        if type(v) is dict:
+            return {{_py(k): _py(x) for k, x in v.items()}}
+        return v
+    _s.stdout.write("\\n{marker}" + repr(_py(_res)) + "\\n")
 __cogpo_main()
 """
 
 
+def functional_source(code: str, func_name: str) -> str:
+    """The program of a functional test: prelude, the code, then a call of ``Solution().<func_name>``
+    (LiveCodeBench's rule: when the code contains ``class Solution``), else of ``<func_name>``,
+    printing the result's ``repr`` after a marker."""
+    target = f"Solution().{func_name}" if "class Solution" in code else func_name
+    return LCB_PRELUDE + "\n" + code + "\n" + _FUNCTIONAL_MAIN.format(target=target, marker=_RESULT)
+
+
+def _clean_if_name(code: str) -> str:
+    """LiveCodeBench's ``clean_if_name``: a final ``if __name__ == '__main__':`` block is replaced by its body."""
+    try:
+        tree = ast.parse(code)
+        last = tree.body[-1]
+        if isinstance(last, ast.If) and ast.unparse(last.test).strip() == "__name__ == '__main__'":
+            return ast.unparse(tree.body[:-1]) + "\n" + ast.unparse(last.body)
+    except Exception:  # noqa: BLE001 - unparseable code runs as it is, as in LiveCodeBench
+        pass
+    return code
+
+
+def _make_function(code: str) -> Optional[str]:
+    """LiveCodeBench's ``make_function``: imports stay at the top, every other statement goes into
+    ``wrapped_function()`` (so, as there, a module-level name is a local of that function)."""
+    try:
+        tree = ast.parse(code)
+        imports = [s for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+        others = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))]
+        fn = ast.FunctionDef(name="wrapped_function", args=ast.arguments(
+            posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
+            body=others or [ast.Pass()], decorator_list=[], returns=None, type_comment=None, lineno=1)
+        if "type_params" in ast.FunctionDef._fields:
+            fn.type_params = []
+        return ast.unparse(ast.Module(body=imports, type_ignores=[])) + "\n" + ast.unparse(fn)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+_STDIN_MAIN = """
+try:
+    wrapped_function()
+except SystemExit:
+    pass
+"""
+
+
+def stdin_source(code: str) -> str:
+    """The program of a stdin test, built as LiveCodeBench builds it: prelude, the code's imports,
+    the rest of the code inside ``wrapped_function()``, called once (``SystemExit`` ignored); code
+    that does not parse runs as it is after the prelude."""
+    cleaned = _clean_if_name(code)
+    wrapped = _make_function(cleaned)
+    if wrapped is None:
+        return LCB_PRELUDE + "\n" + code
+    return LCB_PRELUDE + "\n" + wrapped + "\n" + _STDIN_MAIN
+
+
 def _stdin_outputs_match(expected: str, got: str) -> bool:
+    """LiveCodeBench's stdin comparison: stripped lines; equal, or equal as ``Decimal`` tokens."""
     exp = [ln.strip() for ln in expected.strip().split("\n")]
     out = [ln.strip() for ln in got.strip().split("\n")]
-    if exp == out:
-        return True
     if len(exp) != len(out):
         return False
     for e, o in zip(exp, out):
         if e == o:
             continue
-        et, ot = e.split(), o.split()
-        if len(et) != len(ot):
-            return False
         try:
-            if any(Decimal(a) != Decimal(b) for a, b in zip(et, ot)):
+            if [Decimal(a) for a in o.split()] != [Decimal(b) for b in e.split()]:
                 return False
         except InvalidOperation:
             return False
     return True
 
 
-def _values_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_values_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_values_equal(a[k], b[k]) for k in a)
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
-    return a == b
+def functional_result_matches(printed: str, expected_json: str) -> tuple[bool, str]:
+    """LiveCodeBench's call-based comparison: ``prediction == expected`` after a tuple result is
+    made a list (nothing else converted)."""
+    try:
+        got = ast.literal_eval(printed.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        return False, f"result is not a plain value ({type(exc).__name__})"
+    try:
+        expected = json.loads(expected_json)
+    except (json.JSONDecodeError, ValueError) as exc:
+        return False, f"expected output is not JSON ({exc})"
+    if isinstance(got, tuple):
+        got = list(got)
+    try:
+        return bool(got == expected), ""
+    except Exception as exc:  # comparison of exotic values
+        return False, f"comparison failed ({type(exc).__name__})"
 
 
 def run_tests(code: str, tests: Sequence[CodeTest], *, func_name: Optional[str] = None,
@@ -223,24 +308,20 @@ def run_tests(code: str, tests: Sequence[CodeTest], *, func_name: Optional[str] 
                 out.append(TestVerdict("runtime_error", "functional test without a function name"))
                 failed = True
                 continue
-            source = _PRELUDE + code + "\n" + _FUNCTIONAL_MAIN.format(func=func_name)
+            source = functional_source(code, func_name)
         else:
-            source = _PRELUDE + code
+            source = stdin_source(code)
         res = run_program(source, t.input, limits=limits)
         if res.verdict != "ok":
             out.append(TestVerdict(res.verdict, res.reason, res.wall_s))
             failed = True
             continue
         if t.testtype == "functional":
-            marker = res.stdout.rfind("__COGPO_RESULT__")
+            marker = res.stdout.rfind(_RESULT)
             if marker < 0:
                 ok, why = False, "no result printed"
             else:
-                try:
-                    got = json.loads(res.stdout[marker + len("__COGPO_RESULT__"):].strip())
-                    ok, why = _values_equal(got, json.loads(t.output)), ""
-                except (json.JSONDecodeError, TypeError) as exc:
-                    ok, why = False, f"result not JSON ({exc})"
+                ok, why = functional_result_matches(res.stdout[marker + len(_RESULT):], t.output)
         else:
             ok, why = _stdin_outputs_match(t.output, res.stdout), ""
         if ok:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from cogpo_kit.engines.config import EngineConfig, SamplingConfig
 
@@ -24,13 +24,31 @@ class EvalParams:
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(engine="transformers"))
     """Engine generating the answers (the model is filled in per evaluated model)."""
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, top_k=0, max_tokens=512))
-    """Sampling (greedy by default; pass@k needs n > 1 and temperature > 0)."""
-    n_samples: int = 1
-    """Samples per problem (pass@1 is averaged over them)."""
+    """Sampling (greedy by default): the token budget (``max_tokens``), stop strings, seed, and — without a
+    ``protocol`` — temperature, top-p, top-k. Long reasoners need a large budget: the paper's setting is
+    16384 new tokens, SkyThought's 32768."""
+    protocol: Optional[str] = None
+    """Decoding protocol recorded with every number: ``greedy`` (temperature 0, one sample; the paper's
+    1/30 granularity on AIME) or ``r1`` (temperature 0.6, top-p 0.95, ``n_samples`` samples, default 16,
+    pass@1 averaged); ``null``: ``sampling`` as given (named ``greedy`` at temperature 0, else ``custom``).
+    Several samples at temperature 0 are refused."""
+    n_samples: Optional[int] = None
+    """Samples per problem (pass@1 is averaged over them); ``null``: the protocol's (greedy 1, r1 16; 1
+    without a protocol)."""
     pass_k: tuple[int, ...] = (1,)
     """k values of the unbiased pass@k estimator."""
-    bootstrap: int = 1000
-    """Bootstrap resamples for the 95% confidence intervals."""
+    truncated_as_wrong: bool = False
+    """Count an answer whose output was cut at ``max_tokens`` (finish reason ``length``) as wrong, even when
+    the text so far holds the right answer. Either way every table counts the correct answers that came
+    from cut outputs (``truncated_correct``)."""
+    bootstrap: int = 10000
+    """Bootstrap resamples for the 95% confidence intervals and paired tests."""
+    multiple_comparisons: Literal["holm", "none"] = "holm"
+    """Correction of the paired tests' p-values when several models are compared with the reference on the
+    same benchmark: Holm's step-down (family-wise error 5%), or none."""
+    expect_sizes: Optional[Literal["paper"]] = None
+    """``paper``: every benchmark must have its size in the paper's Table 7 (no ``limit``, no subset, the
+    right release); a documented departure (OlympiadBench: 675 shipped vs 674) is a note. ``null``: no check."""
     seed: int = 0
     """Seed for shuffles (benchmark order, GPQA choices) and the bootstrap."""
     math_timeout_s: float = 5.0
@@ -38,15 +56,26 @@ class EvalParams:
     grader_workers: int = 0
     """Processes grading math answers in parallel (0: up to 4, one per CPU)."""
     code_timeout_s: float = 6.0
-    """Wall-clock limit of one program run on one test."""
+    """Time limit of one program on one test (LiveCodeBench's default: 6 s; 1 s of wall clock is added for the
+    interpreter start)."""
     mmlu_subjects: tuple[str, ...] = ()
     """MMLU subjects to include (empty: all)."""
     mmlu_split: str = "test"
     """MMLU split file: ``test``, ``val`` or ``dev``."""
     livecodebench_path: Optional[str] = None
-    """A LiveCodeBench ``code_generation_lite`` JSONL file (public + private tests), or ``hub:<file>`` (e.g.
-    ``hub:test5.jsonl``) to fetch one from the hub dataset where it is reachable; ``None``: the shipped v5
-    prompts with only the sample tests parsed from each statement."""
+    """Benchmark ``livecodebench``: a folder holding the ``code_generation_lite`` release shards (``test.jsonl``,
+    ``test2.jsonl``, ...: public and hidden tests), one such JSONL file, ``hub`` (download the release's
+    shards where the hub is reachable) or ``hub:<file>``. Required by ``livecodebench``; the shipped v5
+    statements with their sample tests only are the separate benchmark ``livecodebench_public``."""
+    livecodebench_release: Optional[str] = "release_v2"
+    """Release whose shards are read and joined, its size checked (``release_v1`` 400, ``release_v2`` 511 —
+    the paper's "LiveCodeBench V2", May 2023 – May 2024 — ``release_v3`` 612, ... ``release_v6`` 1055; ``vN`` /
+    ``vA_vB``: release steps); ``null``: every shard in the folder, unchecked."""
+    olympiadbench_path: Optional[str] = None
+    """A JSONL copy of another OlympiadBench version with the same fields (e.g. the Hugging Face split
+    ``Hothan/OlympiadBench`` ``OE_TO_maths_en_COMP``, the paper's 674); ``null``: the shipped file (675)."""
+    exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Problem ids to leave out, per benchmark (``{olympiadbench: [olympiadbench-2319]}``); each must exist."""
     data_dir: Optional[str] = None
     """Folder holding the benchmark files (``None``: the project's ``data/``)."""
     templates: dict[str, str] = field(default_factory=dict)
@@ -62,3 +91,20 @@ class EvalParams:
     """Reference model of the paired comparisons in ``comparison.csv`` (``None`` or absent: the first model)."""
     include_beta_sweep: bool = True
     """Also evaluate the ``cogpo_x<f>`` models of ``preference.beta_sweep`` when ``cogpo`` is evaluated."""
+
+    def __post_init__(self) -> None:
+        self.decoding()  # refuses an unknown protocol and several samples at temperature 0
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be >= 0, got {self.bootstrap}")
+        if self.code_timeout_s <= 0:
+            raise ValueError(f"code_timeout_s must be > 0, got {self.code_timeout_s}")
+        if self.livecodebench_release is not None:
+            from cogpo_kit.evaluation.livecodebench import release_shards
+
+            release_shards(self.livecodebench_release)
+
+    def decoding(self):
+        """The :class:`~cogpo_kit.evaluation.protocol.Decoding` of ``protocol``, ``sampling``, ``n_samples``."""
+        from cogpo_kit.evaluation.protocol import resolve_decoding
+
+        return resolve_decoding(self.protocol, self.sampling, self.n_samples)

@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from cogpo_kit.evaluation.answer_extraction import extract_answer  # noqa: F401  (public)
-from cogpo_kit.evaluation.choice import CHOICE_EXTRACTORS, extract_choice, grade_choice  # noqa: F401
+from cogpo_kit.answers.extraction import extract_answer  # noqa: F401  (public)
+from cogpo_kit.evaluation.choice import CHOICE_EXTRACTORS, extract_choice, gold_letter, grade_choice  # noqa: F401
 from cogpo_kit.evaluation.grader_pool import WorkerProc
 
 KINDS = ("math", "choice")
@@ -167,7 +167,8 @@ def grade(prediction: str, gold: str, kind: str = "math") -> bool:
     """Whether ``prediction`` (a completion or an answer) answers ``gold`` correctly.
 
     ``kind="math"``: extraction + normalisation + math-verify, time-limited (never hangs);
-    ``kind="choice"``: the chosen option letter (``default`` extractor) equals ``gold``.
+    ``kind="choice"``: the chosen option letter (``default`` extractor) equals the gold letter (``C``,
+    ``(C)``, or the letter given with its option text: ``(D) Alina``, ``C Cecile``).
     """
     if kind == "math":
         return default_grader().check(prediction, gold).correct
@@ -181,8 +182,9 @@ def grade_detailed(prediction: str, gold: str, kind: str = "math", *, n_choices:
     if kind == "math":
         return default_grader().check(prediction, gold)
     if kind == "choice":
-        letter = extract_choice(prediction, "default", n_choices=n_choices)
-        return GradeResult(grade_choice(prediction, gold, n_choices=n_choices), letter, str(gold).strip(), "default")
+        g = gold_letter(gold, n_choices)
+        letter = extract_choice(prediction, "default", n_choices=max(n_choices, "ABCDEFGHIJ".index(g) + 1))
+        return GradeResult(letter == g, letter, g, "default")
     raise ValueError(f"unknown grading kind '{kind}' (known: {', '.join(KINDS)})")
 
 

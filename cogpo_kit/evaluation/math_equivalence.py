@@ -1,6 +1,6 @@
 """Deciding whether a predicted math answer equals the reference answer.
 
-The kit's extraction (:mod:`answer_extraction`) and normalisation (:mod:`math_normalize`) run
+The kit's extraction (:mod:`cogpo_kit.answers.extraction`) and normalisation (:mod:`math_normalize`) run
 first; then, from cheapest to dearest:
 
 1. equal normalised strings (spaces ignored);
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from cogpo_kit.evaluation.answer_extraction import extract_answer, find_boxed, is_bare_answer
+from cogpo_kit.answers.extraction import extract_answer, find_boxed, is_bare_answer
 from cogpo_kit.evaluation.math_normalize import Form, answer_forms, number_value, numbers_equal, strip_delimiters
 
 

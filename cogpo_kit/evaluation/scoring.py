@@ -4,7 +4,9 @@
 prompt, output, extracted answer, gold, verdict) and a per-problem list of sample verdicts;
 ``summarize_benchmark`` turns those into the benchmark's entry in ``results.json``: pass@1 with its
 bootstrap interval, pass@k, breakdowns, the multiple-choice extractors side by side, code test
-verdict counts, and how generation ended (stop / length / error).
+verdict counts, how generation ended (stop / length / error), the decoding protocol, and the
+answers cut at ``max_tokens``: ``truncated`` outputs and ``truncated_correct`` (graded correct
+although cut; counted wrong with ``eval.truncated_as_wrong``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections import Counter
 from typing import Optional, Sequence
 
 from cogpo_kit.evaluation.benchmarks import Benchmark, Problem
-from cogpo_kit.evaluation.choice import CHOICE_EXTRACTORS, extract_choice
+from cogpo_kit.evaluation.choice import CHOICE_EXTRACTORS, extract_choice, gold_letter
 from cogpo_kit.evaluation.code_tests import extract_code, run_tests
 from cogpo_kit.evaluation.grading import MathGrader
 from cogpo_kit.evaluation.metrics import breakdown, per_problem_pass, score_summary
@@ -39,15 +41,14 @@ def grade_benchmark(bench: Benchmark, problems: Sequence[Problem], prompts: Sequ
         math_results = dict(zip(keys, res))
     code_items = sum(len(c) for c in completions) if bench.kind == "code" else 0
     bar = progress(total=code_items, desc=f"testing {bench.name}", unit="program") if code_items and show_progress else None
-    limits = Limits(cpu_s=ev.code_timeout_s, wall_s=max(ev.code_timeout_s * 2, ev.code_timeout_s + 2),
-                    memory_mb=ev.code_memory_mb)
+    limits = code_limits(ev)
     for k, (prob, prompt, comps) in enumerate(zip(problems, prompts, completions)):
         per: list[bool] = []
         for i, comp in enumerate(comps):
             text = comp.text or ""
             row = {"id": prob.id, "sample": i, "prompt": prompt, "output": text, "gold": prob.gold,
-                   "finish_reason": comp.finish_reason, "completion_tokens": comp.completion_tokens,
-                   "meta": _meta_view(prob)}
+                   "finish_reason": comp.finish_reason, "truncated": comp.finish_reason == "length",
+                   "completion_tokens": comp.completion_tokens, "meta": _meta_view(prob)}
             if comp.finish_reason == "error":
                 row.update(extracted=None, correct=False, method=f"generation error: {comp.error}")
             elif bench.kind == "math":
@@ -55,9 +56,10 @@ def grade_benchmark(bench: Benchmark, problems: Sequence[Problem], prompts: Sequ
                 row.update(extracted=res.extracted, correct=res.correct, method=res.method)
             elif bench.kind == "choice":
                 n = len(prob.choices) or 4
-                by = {name: extract_choice(text, name, n_choices=n) for name in CHOICE_EXTRACTORS}
-                row.update(extracted=by[ev.choice_extractor], correct=by[ev.choice_extractor] == prob.gold,
-                           method=ev.choice_extractor, extractors={k2: v == prob.gold for k2, v in by.items()},
+                gold = gold_letter(prob.gold, n, prob.choices)
+                by = {name: extract_choice(text, name, n_choices=n, choices=prob.choices) for name in CHOICE_EXTRACTORS}
+                row.update(extracted=by[ev.choice_extractor], correct=by[ev.choice_extractor] == gold,
+                           method=ev.choice_extractor, extractors={k2: v == gold for k2, v in by.items()},
                            letters=by)
             elif bench.kind == "code":
                 code = extract_code(text)
@@ -74,6 +76,10 @@ def grade_benchmark(bench: Benchmark, problems: Sequence[Problem], prompts: Sequ
                     bar.update(1)
             else:
                 raise ValueError(f"benchmark '{bench.name}': unknown kind '{bench.kind}'")
+            row["graded_correct"] = bool(row["correct"])
+            if row["truncated"] and getattr(ev, "truncated_as_wrong", False):
+                row["correct"] = False
+                row["method"] = f"{row['method']} (cut at max_tokens: counted wrong)"
             per.append(bool(row["correct"]))
             rows.append(row)
         verdicts.append(per)
@@ -82,8 +88,14 @@ def grade_benchmark(bench: Benchmark, problems: Sequence[Problem], prompts: Sequ
     return rows, verdicts
 
 
+def code_limits(ev) -> Limits:
+    """Limits of one program run on one test: ``code_timeout_s`` CPU seconds, and wall clock with 1 s more
+    for the interpreter start."""
+    return Limits(cpu_s=ev.code_timeout_s, wall_s=ev.code_timeout_s + 1.0, memory_mb=ev.code_memory_mb)
+
+
 def summarize_benchmark(bench: Benchmark, problems: Sequence[Problem], verdicts: Sequence[Sequence[bool]],
-                        rows: Sequence[dict], ev) -> dict:
+                        rows: Sequence[dict], ev, protocol: Optional[dict] = None) -> dict:
     """The benchmark's entry in ``results.json`` (scores in percent)."""
     n_samples = min(len(v) for v in verdicts) if verdicts else 0
     ks = sorted(set((1,) + tuple(ev.pass_k)))
@@ -100,7 +112,11 @@ def summarize_benchmark(bench: Benchmark, problems: Sequence[Problem], verdicts:
         fields.append("level")
     out["breakdown"] = {f: breakdown(p1, [p.meta.get(f) for p in problems], resamples=ev.bootstrap, seed=ev.seed)
                         for f in fields}
+    out["protocol"] = protocol if protocol is not None else ev.decoding().record()
     out["finish_reasons"] = dict(Counter(r["finish_reason"] for r in rows))
+    out["truncated"] = sum(1 for r in rows if r.get("truncated"))
+    out["truncated_correct"] = sum(1 for r in rows if r.get("truncated") and r.get("graded_correct"))
+    out["truncated_as_wrong"] = bool(getattr(ev, "truncated_as_wrong", False))
     out["no_answer"] = sum(1 for r in rows if r.get("extracted") in (None, ""))
     out["grader_methods"] = dict(Counter(str(r.get("method")).split(":")[0] for r in rows))
     toks = [r["completion_tokens"] for r in rows if r.get("completion_tokens")]

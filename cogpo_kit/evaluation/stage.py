@@ -9,6 +9,10 @@ For each name in ``eval.models``:
 - one engine per model (``eval.engine`` with the model filled in), all prompts of all benchmarks
   sent at once; then grading (math: time-limited worker; choice: letter extractors; code: sandbox).
 
+The decoding protocol (``eval.protocol``: greedy / r1 / as ``eval.sampling`` says) is resolved once and
+recorded with every number; with ``eval.expect_sizes: paper`` every benchmark's size is checked
+against the paper's Table 7 before anything is generated.
+
 Writes ``06_evaluate/<model>/results.json`` and ``samples_<bench>.jsonl``, and
 ``06_evaluate/comparison.json`` + ``comparison.csv``.
 """
@@ -22,10 +26,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from cogpo_kit.evaluation.benchmarks import (LoadOptions, build_messages, get_benchmark, list_benchmarks,  # noqa: F401
-                                             load_problems)
+from cogpo_kit.evaluation.benchmarks import (LoadOptions, build_messages, check_paper_size, get_benchmark,
+                                             list_benchmarks, load_problems, select_subset)  # noqa: F401
 from cogpo_kit.evaluation.comparison import build_comparison, comparison_csv
 from cogpo_kit.evaluation.grading import MathGrader
+from cogpo_kit.evaluation.protocol import budget_note, ignored_sampling_note
 from cogpo_kit.evaluation.scoring import grade_benchmark, problem_scores, summarize_benchmark
 from cogpo_kit.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from cogpo_kit.params import params_dict
@@ -67,6 +72,33 @@ def resolve_eval_model(name: str, params, run_path: Path) -> tuple[Optional[str]
     return name, "model spec"
 
 
+def load_eval_problems(ev, st=None) -> dict[str, list]:
+    """Every benchmark's problems (``eval.exclude`` left out, then ``limit`` / ``limits``); with
+    ``eval.expect_sizes: paper`` each full size is checked against the paper's Table 7 first (a
+    documented departure or a benchmark outside the paper is a note in the manifest)."""
+    opts = LoadOptions(seed=ev.seed, data_dir=ev.data_dir, mmlu_subjects=tuple(ev.mmlu_subjects),
+                       mmlu_split=ev.mmlu_split, livecodebench_path=ev.livecodebench_path,
+                       livecodebench_release=ev.livecodebench_release, olympiadbench_path=ev.olympiadbench_path)
+    unknown = sorted(set(ev.exclude) - set(ev.benchmarks))
+    if unknown:
+        raise ValueError(f"eval.exclude names benchmark(s) not in eval.benchmarks: {unknown}")
+    out = {}
+    for name in ev.benchmarks:
+        full = load_problems(name, opts, None, exclude=ev.exclude.get(name, ()))
+        limit = ev.limits.get(name, ev.limit)
+        if ev.expect_sizes == "paper":
+            if limit is not None and limit < len(full):
+                raise ValueError(f"eval.expect_sizes=paper: eval.limit/limits evaluates {limit} of {len(full)} "
+                                 f"problems of '{name}'; set eval.expect_sizes: null for a partial run")
+            note = check_paper_size(name, len(full))
+            if note and st is not None:
+                st.note(f"size check: {note}")
+        out[name] = select_subset(full, name, ev.seed, limit)
+        if st is not None and ev.exclude.get(name):
+            st.counts[f"excluded_{name}"] = len(ev.exclude[name])
+    return out
+
+
 def _default_factory(params, run_path: Path) -> EngineFactory:
     from cogpo_kit.engines import build_engine
 
@@ -83,18 +115,24 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
     st = open_stage(run_path, "06_evaluate", params_dict(params))
     log = st.logger
     factory = engine_factory or _default_factory(params, run_path)
-    opts = LoadOptions(seed=ev.seed, data_dir=ev.data_dir, mmlu_subjects=tuple(ev.mmlu_subjects),
-                       mmlu_split=ev.mmlu_split, livecodebench_path=ev.livecodebench_path)
+    decoding = ev.decoding()
+    protocol = decoding.record()
+    st.counts["protocol"] = decoding.label
+    log.info("decoding protocol: %s", decoding.label)
+    ignored = ignored_sampling_note(ev.protocol, ev.sampling)
+    if ignored:
+        st.note(ignored)
     benches = {name: get_benchmark(name) for name in ev.benchmarks}
-    problems = {name: load_problems(name, opts, ev.limits.get(name, ev.limit)) for name in benches}
+    problems = load_eval_problems(ev, st)
     prompts = {name: [build_messages(p, benches[name], template=ev.templates.get(name),
                                      system_prompt=ev.system_prompt) for p in problems[name]] for name in benches}
     for name, probs in problems.items():
         st.counts[f"problems_{name}"] = len(probs)
         log.info("benchmark %s: %d problems (%s)", name, len(probs), benches[name].description)
         if benches[name].kind == "code" and probs and probs[0].meta.get("tests_source") == "parsed_from_statement":
-            st.note(f"{name}: no test file given — graded on the sample tests parsed from the statements only "
-                    "(a weaker, public-tests-only proxy; set eval.livecodebench_path for the full tests)")
+            st.note(f"{name}: graded on the sample tests parsed from the statements only (a weaker, public-tests-"
+                    "only proxy, not the paper's LiveCodeBench: that is benchmark livecodebench with "
+                    "eval.livecodebench_path)")
     if any(b.kind == "code" for b in benches.values()):
         from cogpo_kit.evaluation.sandbox import isolation_report
 
@@ -133,7 +171,7 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
                 reqs, index = [], []
                 for bname, msgs_list in prompts.items():
                     for i, msgs in enumerate(msgs_list):
-                        reqs.append(Request(messages=msgs, sampling=ev.sampling, n=ev.n_samples,
+                        reqs.append(Request(messages=msgs, sampling=decoding.sampling, n=decoding.n_samples,
                                             tag=f"eval:{bname}"))
                         index.append((bname, i))
                 outs = engine.generate(reqs)
@@ -155,7 +193,10 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
                 rows, verdicts = grade_benchmark(bench, problems[bname], texts, by_bench[bname], ev, grader,
                                                  show_progress=show_progress)
                 atomic_write_jsonl(out_dir / f"samples_{bname}.jsonl", rows)
-                res_model[bname] = summarize_benchmark(bench, problems[bname], verdicts, rows, ev)
+                res_model[bname] = summarize_benchmark(bench, problems[bname], verdicts, rows, ev, protocol)
+                cut = budget_note(decoding.sampling.max_tokens, res_model[bname]["truncated"], len(rows))
+                if cut:
+                    st.note(f"model {name}, {bname}: {cut}")
                 scores[name][bname] = problem_scores(problems[bname], verdicts)
                 log.info("model %s, %s: %.1f%% [%.1f, %.1f] (n=%d)", name, bname, res_model[bname]["score"],
                          res_model[bname]["ci_low"], res_model[bname]["ci_high"], res_model[bname]["n"])
@@ -165,8 +206,9 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
                     "generate_s": round(gen_s, 2), "grade_s": round(grade_s, 2)}
             models_info[name] = info
             atomic_write_json(out_dir / "results.json", {"model": name, **info, "benchmarks": res_model,
-                                                         "sampling": params_dict(params)["eval"]["sampling"],
-                                                         "n_samples": ev.n_samples})
+                                                         "protocol": protocol,
+                                                         "sampling": params_dict(decoding)["sampling"],
+                                                         "n_samples": decoding.n_samples})
             st.agents[f"eval:{name}"] = stats
     finally:
         st.counts["math_checks"] = grader.checks
@@ -175,7 +217,7 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
         grader.close()
 
     doc = build_comparison(results, scores, resamples=ev.bootstrap, seed=ev.seed, beta_scales=beta_scales,
-                           reference=ev.compare_to, skipped=skipped)
+                           reference=ev.compare_to, skipped=skipped, correction=ev.multiple_comparisons)
     atomic_write_json(st.path / "comparison.json", doc)
     atomic_write_text(st.path / "comparison.csv", comparison_csv(doc))
     noisy = [p for p in doc["paired"] if p["within_noise"] and doc["reference"] in (p["model_a"], p["model_b"])]

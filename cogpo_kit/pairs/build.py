@@ -4,7 +4,8 @@ Three kinds of reasoning per problem x with gold answer y:
 
 - suitable and correct: r_med (verified medium), r_easy* / r_hard* (kept rewrites);
 - correct but unsuitable: r_easy / r_hard (the original easy / hard CoTs);
-- incorrect: r~ (the corrupting Rethinker's CoT, checked not to reach y).
+- incorrect: r~ (the corrupting Rethinker's CoT; checked as ``crv.incorrect_check`` says in the rethink
+  stage, which is the one place that decides whether an incorrect CoT is usable).
 
 Mini-tasks (chosen, rejected) and their beta:
 
@@ -12,7 +13,9 @@ Mini-tasks (chosen, rejected) and their beta:
 - medium gap (beta_M): (r_easy, r~_easy), (r_hard, r~_hard);
 - large gap  (beta_L): (r_med, r~_med), (r_easy*, r~_easy), (r_hard*, r~_hard).
 
-Correct responses end with the gold answer; an incorrect one ends with the answer it reaches itself.
+Every response is shaped by :func:`cogpo_kit.answers.response.format_response`, the one writer of
+training responses: correct responses end with the gold answer, an incorrect one with the answer it
+reaches itself, all with the same final line, so the two sides of a pair differ only in reasoning.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
+from cogpo_kit.answers.response import answer_kind, format_response, student_messages
 from cogpo_kit.pairs.config import PairsConfig
-from cogpo_kit.pairs.format import extract_answer, format_response, last_boxed, same_answer, student_messages
 from cogpo_kit.pairs.inputs import CRVArtifacts
 
 GAPS = ("small", "medium", "large")
@@ -41,25 +44,17 @@ class Response:
 def incorrect_response(row: dict, gold: str, level: str) -> tuple[Optional[Response], Optional[str]]:
     """The incorrect CoT of one example as a response, or ``(None, reason)`` when it cannot be used.
 
-    The answer it reaches is its own boxed answer, else the ``reached_answer`` recorded with it, else
-    what the kit's extractor finds; a CoT whose answer equals the gold answer is not incorrect.
+    It ends with the answer it reaches (``reached_answer``, as the rethink stage recorded it), never
+    with the gold answer unless the reasoning itself reaches it.
     """
     if not row.get("ok"):
         return None, "incorrect CoT not confirmed incorrect (ok=false)"
     text = (row.get("text") or "").strip()
     if not text:
         return None, "incorrect CoT is empty"
-    reached = last_boxed(text)
-    if reached is None:
-        reached = row.get("reached_answer")
-        reached = str(reached).strip() if reached is not None and str(reached).strip() else None
-    if reached is None:
-        reached = extract_answer(text)
-    if same_answer(reached, gold):
-        return None, "incorrect CoT reaches the gold answer"
-    resp = format_response(text, reached)
-    if same_answer(extract_answer(resp), gold):
-        return None, "incorrect CoT reaches the gold answer"
+    reached = row.get("reached_answer")
+    reached = str(reached).strip() if reached is not None and str(reached).strip() else None
+    resp = format_response(text, reached, answer_kind(gold))
     return Response(resp, f"r~_{SHORT_LEVEL[level]}", reached), None
 
 
@@ -97,7 +92,8 @@ def build_pairs(art: CRVArtifacts, config: PairsConfig) -> tuple[list[dict], dic
             continue
         levels[level] += 1
         gold = str(rec["answer"]).strip()
-        prompt = student_messages(rec["problem"], config.prompt_template)
+        kind = answer_kind(gold)
+        prompt = student_messages(rec["problem"], config.prompt_template, kind)
         short = SHORT_LEVEL[level]
         r_tilde: Optional[Response] = None
         inc = art.incorrect.get(sid)
@@ -112,13 +108,13 @@ def build_pairs(art: CRVArtifacts, config: PairsConfig) -> tuple[list[dict], dic
             if sft_row is None or sft_row["origin"] != "medium":
                 skipped["medium CoT not in D_SFT* (not verified)"] += 1
                 continue
-            r_med = Response(format_response(sft_row.get("response") or sft_row.get("reasoning"), gold), "r_med", gold)
+            r_med = Response(format_response(sft_row["reasoning"], gold, kind), "r_med", gold)
             if r_tilde is not None:
                 add(sid, level, prompt, gold, "large", r_med, r_tilde)
             continue
-        r_orig = Response(format_response(rec["reasoning"], gold), f"r_{short}", gold)
+        r_orig = Response(format_response(rec["reasoning"], gold, kind), f"r_{short}", gold)
         kept = art.kept_rewrites.get(sid)
-        r_star = Response(format_response(kept["text"], gold), f"r_{short}*", gold) if kept else None
+        r_star = Response(format_response(kept["text"], gold, kind), f"r_{short}*", gold) if kept else None
         in_sft = sft_row is not None and sft_row["origin"] == f"{level}*"
         if r_star is not None and not in_sft:
             mismatch["kept rewrite missing from D_SFT*"] += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from cogpo_kit.pairs.format import DEFAULT_PROMPT_TEMPLATE
+from cogpo_kit.answers.response import PROMPT_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class PairsConfig:
     """Prompt + response token budget of one side of a pair (the training max length)."""
     overlength: Literal["drop", "truncate"] = "truncate"
     """Pairs longer than ``max_length``: ``drop`` them or ``truncate`` the responses (both reported)."""
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_template: str = PROMPT_TEMPLATE
     """User turn of every SFT row and pair (``{problem}`` is replaced); evaluation should prompt the same way."""
     tokenizer: Optional[str] = None
     """Model spec whose tokenizer and chat template measure lengths (``None``: ``sft.model``)."""

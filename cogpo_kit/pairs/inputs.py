@@ -109,6 +109,20 @@ def read_sft(path: Path) -> dict[str, dict]:
     return out
 
 
+def read_level_subset(path: Path, level: str) -> dict[str, dict]:
+    """``sft_<level>.jsonl`` (paper Table 5, written with ``crv.equal_level_subsets``): id -> row of an
+    original CoT the Critic rated ``level``."""
+    out: dict[str, dict] = {}
+    for line, row in _rows(path, ("id", "problem", "answer", "reasoning", "level")):
+        key = str(row["id"])
+        _unique(out, key, path, line)
+        if row["level"] != level:
+            raise DataError(f"level must be {level!r} in this file, got {row['level']!r}", path=path, line=line,
+                            field="level")
+        out[key] = row
+    return out
+
+
 def _text(row: dict, names: tuple[str, ...]) -> str:
     for name in names:
         value = row.get(name)

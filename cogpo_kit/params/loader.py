@@ -3,6 +3,22 @@
 One YAML file describes one run. Several files may be given: later files win, key by key, and
 command-line overrides (``section.key=value``, the value parsed as YAML) win over all files.
 Unknown keys and values of the wrong type are errors that name the key and the file.
+
+A file may build on another with a top-level ``extends``::
+
+    # params/paper-qwen2.5-3b.yaml
+    extends: paper-qwen2.5-7b.yaml        # relative to this file's folder (or an absolute path)
+    run: {run_id: paper-qwen2.5-3b}
+    student: {model: Qwen/Qwen2.5-3B-Instruct}
+    sft: {model: Qwen/Qwen2.5-3B-Instruct}
+
+The parent is read first (its own ``extends`` too, to any depth), then the file is merged over it
+key by key as with several files: mappings merge, anything else (lists included) is replaced, the
+extending file wins. ``extends`` may also be a list of files, merged in order before the file itself.
+A missing parent, a parent that is not a string, and a cycle (a file that extends itself, directly or
+through others) are errors naming the file that says ``extends``. Each file is checked against the
+schema with its own name in the messages, and what a run records (``params_dict``, every stage's
+``manifest.json``) is the merged result; ``extends`` itself is not a parameter.
 """
 
 from __future__ import annotations
@@ -71,6 +87,50 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+EXTENDS_KEY = "extends"
+"""Top-level key naming the parameter file(s) a file builds on."""
+
+
+def params_layers(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """``[(file, mapping)]`` of a parameter file and the files it ``extends``, parents first.
+
+    Each mapping is the file's own content without ``extends``; merging them in order gives the file's
+    parameters. Raises :class:`ParamsError` for a missing parent or a cycle, naming the extending file.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    data = read_yaml(path)
+    parents = data.pop(EXTENDS_KEY, None)
+    if parents is None:
+        return [(path, data)]
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not parents or not all(isinstance(x, str) and x.strip() for x in parents):
+        raise ParamsError(f"{path}: '{EXTENDS_KEY}' must name a parameter file (or a list of them), got {parents!r}")
+    chain = _chain + (resolved,)
+    layers: list[tuple[Path, dict]] = []
+    for name in parents:
+        parent = Path(os.path.expanduser(name))
+        if not parent.is_absolute():
+            parent = path.parent / parent
+        if parent.resolve() in chain:
+            cycle = " -> ".join(str(p) for p in chain[chain.index(parent.resolve()):]) + f" -> {parent.resolve()}"
+            raise ParamsError(f"{path}: '{EXTENDS_KEY}: {name}' makes a cycle ({cycle})")
+        if not parent.exists():
+            raise ParamsError(f"{path}: '{EXTENDS_KEY}: {name}': parameter file not found ({parent})")
+        layers.extend(params_layers(parent, chain))
+    layers.append((path, data))
+    return layers
+
+
+def read_params_file(path: str | os.PathLike) -> dict:
+    """A parameter file's mapping with its ``extends`` resolved and merged (the file wins)."""
+    merged: dict = {}
+    for _, data in params_layers(path):
+        merged = deep_merge(merged, data)
+    return merged
 
 
 def _type_name(tp: Any) -> str:
@@ -184,13 +244,14 @@ def load(cls: type[T], paths: Sequence[str | os.PathLike] = (), overrides: Seque
          base: dict | None = None) -> T:
     """Load ``cls`` from YAML files (later wins) and ``key=value`` overrides (win over files).
 
-    Each layer is validated against the schema with its own source named in errors, then merged.
+    A file's ``extends`` (see the module docstring) puts its parents' layers before it. Each layer is
+    validated against the schema with its own source named in errors, then merged.
     """
     merged: dict = dict(base or {})
     for path in paths:
-        data = read_yaml(path)
-        from_dict(cls, deep_merge(merged, data), source=str(path))  # validate with this file named
-        merged = deep_merge(merged, data)
+        for source, data in params_layers(path):
+            from_dict(cls, deep_merge(merged, data), source=str(source))  # validate with this file named
+            merged = deep_merge(merged, data)
     for text in overrides:
         data = parse_override(text)
         from_dict(cls, deep_merge(merged, data), source=f"override '{text}'")

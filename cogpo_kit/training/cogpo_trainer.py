@@ -7,7 +7,17 @@ training and checkpointing are TRL's. The same class runs
 
 - CogPO: ``beta_column="beta"`` (paper eq. 3), optionally with eq. 4 (``dynamic_beta="instance"``);
 - DPO: ``beta_column=None`` and ``beta`` (every pair the same beta; equal to TRL's DPO loss);
-- beta-DPO (Wu et al. 2024): ``beta_column=None``, ``dynamic_beta="batch"``, optional ``filter_keep < 1``.
+- beta-DPO (Wu et al. 2024): ``beta_column=None``, ``dynamic_beta="batch"``, ``filter_keep < 1`` for its data
+  filtering (the preference stage sets 0.8, the authors' setting).
+
+beta-DPO follows the authors' reference code (github.com/junkangwu/beta-DPO, ``trainers.py``): at every
+micro-step the margins of the whole batch are gathered over processes (their ``all_gather_if_needed``), the
+moving averages M_0 and sigma are updated with them first, then the kept pairs are drawn over that global batch
+and the batch beta is computed from the kept pairs; see :mod:`cogpo_kit.training.losses` for the formulas.
+Differences: the kept pairs are drawn from a generator seeded with ``seed`` and the micro-step (the same on
+every process) instead of torch's global random state; evaluation batches neither move M_0 and sigma nor are
+filtered (the reference does both on its evaluation batches; the preference stage runs no evaluation); and
+``filter_loss_average`` (below).
 
 Every variant logs rewards, margins and accuracies per gap type (see :mod:`cogpo_kit.training.metrics`).
 """
@@ -24,8 +34,8 @@ from transformers import ProcessorMixin
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from cogpo_kit.training.losses import (RunningMargin, batch_beta, cogpo_loss, filter_mask, instance_beta,
-                                       reward_margin)
+from cogpo_kit.training.losses import (RunningMargin, batch_beta, cogpo_loss, filter_mask, filtered_mean,
+                                       instance_beta, reward_margin)
 from cogpo_kit.training.metrics import gap_ids, record_pair_metrics
 
 _EXTRA_KEYS = ("beta", "gap_id")
@@ -49,12 +59,20 @@ class CogPOConfig(DPOConfig):
         dynamic_alpha (`float`, defaults to `0.0`):
             Scale of the adjustment (beta-DPO's alpha; the paper's eq. 4 alpha).
         dynamic_m0 (`float` or `None`, defaults to `None`):
-            Fixed threshold M_0; `None`: the running mean of batch margins (momentum `margin_momentum`).
+            Fixed threshold M_0; `None`: the moving average of batch mean margins (momentum `margin_momentum`,
+            starting at 0, as the reference).
         margin_momentum (`float`, defaults to `0.9`):
-            Momentum of the running mean and spread of margins.
+            Momentum of the moving averages M_0 and sigma (the reference's fixed `gamma=0.9`).
         filter_keep (`float`, defaults to `1.0`):
-            beta-DPO data filtering (`dynamic_beta="batch"` only): share of each global batch kept, drawn with
-            weights `exp(-(M_i - M_0)^2 / (2 sigma^2))`; `1.0` disables filtering.
+            beta-DPO data filtering (`dynamic_beta="batch"` only): share of each global micro-batch (the pairs of
+            one micro-step on all processes) kept, `int(B * filter_keep)` pairs drawn without replacement with
+            weights `exp(-(M_i - M_0)^2 / (2 sigma^2))`; the reference's `1 - mode_weight`. `1.0` disables it.
+        filter_loss_average (`str`, defaults to `"global"`):
+            With filtering, the loss is the mean over the kept pairs of the global micro-batch (`"global"`: each
+            process returns the sum of its kept losses times the number of processes over the global kept count,
+            so the average over processes is that mean). `"process"`: each process averages its own kept pairs,
+            as the reference (`masked_losses.sum() / local_mask.sum()`); the gradient then depends on how the kept
+            pairs fall across processes. Both are the same on one process.
         min_beta (`float`, defaults to `1e-3`):
             Lower bound of an adjusted beta.
     """
@@ -66,6 +84,8 @@ class CogPOConfig(DPOConfig):
     dynamic_m0: Optional[float] = field(default=None, metadata={"help": "Fixed M_0 (None: running mean)."})
     margin_momentum: float = field(default=0.9, metadata={"help": "Momentum of the running margin statistics."})
     filter_keep: float = field(default=1.0, metadata={"help": "beta-DPO filtering: share of each batch kept."})
+    filter_loss_average: str = field(default="global", metadata={
+        "help": "beta-DPO filtering: mean over the kept pairs of the global batch (global) or per process."})
     min_beta: float = field(default=1e-3, metadata={"help": "Lower bound of an adjusted beta."})
 
     def __post_init__(self):
@@ -74,6 +94,8 @@ class CogPOConfig(DPOConfig):
             raise ValueError(f"dynamic_beta must be none, instance or batch, got {self.dynamic_beta!r}")
         if self.dynamic_beta == "batch" and self.beta_column is not None:
             raise ValueError("dynamic_beta='batch' (beta-DPO) adjusts one beta (`beta`): set beta_column=None")
+        if self.filter_loss_average not in ("global", "process"):
+            raise ValueError(f"filter_loss_average must be global or process, got {self.filter_loss_average!r}")
         if not 0.0 < self.filter_keep <= 1.0:
             raise ValueError(f"filter_keep must be in (0, 1], got {self.filter_keep}")
         if self.filter_keep < 1.0 and self.dynamic_beta != "batch":
@@ -148,27 +170,32 @@ class CogPOTrainer(DPOTrainer):
 
     # -- loss ---------------------------------------------------------------------------------------------
     def _effective_beta(self, margins: torch.Tensor, pair_beta: Optional[torch.Tensor], mode: str):
-        """The betas the loss uses and the local filtering mask (``None``: every pair counts)."""
+        """The betas the loss uses, this process's filtering mask (``None``: every pair counts) and the
+        number of pairs kept over all processes.
+
+        ``margins`` (B,) are this process's; every statistic is taken over the global micro-batch (gathered
+        over processes, equal-sized local batches in process order), as the reference's ``all_gather_if_needed``.
+        """
         args = self.args
         beta = pair_beta if pair_beta is not None else float(self.beta)
         if args.dynamic_beta == "none":
-            return beta, None
+            return beta, None, None
         all_margins = self.accelerator.gather(margins)
         if mode == "train":
-            self.margin_stats.update(all_margins)
+            self.margin_stats.update(all_margins)  # before the loss, with every pair (reference line 279)
         m0 = args.dynamic_m0 if args.dynamic_m0 is not None else self.margin_stats.mean
         if args.dynamic_beta == "instance":
-            return instance_beta(beta, margins, m0, args.dynamic_alpha, min_beta=args.min_beta), None
+            return instance_beta(beta, margins, m0, args.dynamic_alpha, min_beta=args.min_beta), None, None
         global_mask = None
         if args.filter_keep < 1.0 and mode == "train":
             gen = torch.Generator().manual_seed(int(args.seed) * 1_000_003 + self._micro_steps)
             global_mask = filter_mask(all_margins, self.margin_stats.mean, self.margin_stats.std, args.filter_keep, gen)
         b = batch_beta(float(self.beta), all_margins, m0, args.dynamic_alpha, mask=global_mask, min_beta=args.min_beta)
         if global_mask is None:
-            return b, None
+            return b, None, None
         n = margins.shape[0]
         start = self.accelerator.process_index * n
-        return b, global_mask[start:start + n].to(margins.device)
+        return b, global_mask[start:start + n].to(margins.device), global_mask.sum().item()
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
@@ -192,13 +219,18 @@ class CogPOTrainer(DPOTrainer):
                 self.ref_model if self.ref_model is not None else self.model, inputs)
 
         margins = reward_margin(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-        beta, mask = self._effective_beta(margins, pair_beta, mode)
+        beta, mask, kept = self._effective_beta(margins, pair_beta, mode)
         losses, chosen_rewards, rejected_rewards = cogpo_loss(
             chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        if self.args.dynamic_beta == "batch":
+            # beta-DPO logs rewards with the base beta (reference lines 93-94), comparable with DPO's.
+            chosen_rewards = float(self.beta) * (chosen_logps - ref_chosen_logps).detach()
+            rejected_rewards = float(self.beta) * (rejected_logps - ref_rejected_logps).detach()
         if mask is None:
             loss = losses.mean()
         else:
-            loss = (losses * mask).sum() / mask.sum().clamp(min=1.0)
+            loss = filtered_mean(losses, mask, kept_total=kept, processes=self.accelerator.num_processes,
+                                 average=self.args.filter_loss_average)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         if mode == "train":

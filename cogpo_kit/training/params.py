@@ -65,13 +65,22 @@ class SFTParams:
     model: str = "embedded:smollm2-135m-instruct"
     """The student model spec (also the zero-shot baseline)."""
     variants: tuple[str, ...] = ("crv_sft", "sft")
-    """``crv_sft`` trains on D_SFT*; ``sft`` trains on the original CoTs of the same problems."""
+    """``crv_sft`` trains on D_SFT*; ``sft`` on the original dataset, every row (the paper's SFT baseline);
+    ``sft_same_problems`` on the original CoTs of the D_SFT* problems only (isolates the rewrites);
+    ``sft_easy`` / ``sft_medium`` / ``sft_hard`` on equal-size sets of the original CoTs of one Critic level
+    (paper Table 5; needs ``crv.equal_level_subsets``)."""
     optim: OptimParams = field(default_factory=OptimParams)
     """Optimisation (paper Table 8: batch 96, lr 1e-5, 3 epochs)."""
     lora: LoraParams = field(default_factory=LoraParams)
     """LoRA settings (``enabled: false`` for full fine-tuning as in the paper)."""
     merge_lora: bool = True
     """Merge adapters into the saved checkpoint so later stages load one plain model."""
+
+    def __post_init__(self) -> None:
+        known = ("crv_sft", "sft", "sft_same_problems", "sft_easy", "sft_medium", "sft_hard")
+        unknown = [v for v in self.variants if v not in known]
+        if unknown:
+            raise ValueError(f"variants: unknown SFT variant {unknown[0]!r} (known: {', '.join(known)})")
 
 
 @dataclass(frozen=True)
@@ -89,17 +98,33 @@ class PreferenceParams:
     dpo_beta: float = 0.1
     """DPO baseline beta."""
     beta_dpo_alpha: float = 0.6
-    """beta-DPO: scale of the beta adjustment, beta* = beta0 * (1 + alpha * (M - M0))."""
-    beta_dpo_filter: bool = False
-    """beta-DPO: the optional data filter (keep pairs whose margin is near the running mean)."""
+    """beta-DPO: scale of the beta adjustment, beta* = beta0 * (1 + alpha * (mean M of kept pairs - M0)); the
+    reference's ``loss.a`` (0.6 in the run its README gives; the paper's Table 8 lists no beta-DPO values)."""
+    beta_dpo_filter: bool = True
+    """beta-DPO: beta-guided data filtering, on as the authors ran it (``loss.mode_loss=beta_DPO``): at each
+    micro-step, pairs of the global batch are drawn with weights exp(-(M - M0)^2 / (2 sigma^2))."""
     beta_dpo_keep: float = 0.8
-    """beta-DPO data filter (with ``beta_dpo_filter``): share of each global batch kept."""
+    """beta-DPO data filter: share kept of each global micro-batch (per-device batch x processes pairs),
+    int(pairs x keep) and at least one; the reference's ``1 - loss.mode_weight`` with ``mode_weight`` 0.2."""
     beta_dpo_momentum: float = 0.9
-    """beta-DPO: momentum of the running mean M0 of reward margins."""
+    """beta-DPO: momentum of the moving averages M0 and sigma of the batch mean and standard deviation of
+    the margins (the reference's fixed 0.9; both start at 0)."""
+    beta_dpo_loss_average: Literal["global", "process"] = "global"
+    """beta-DPO filter: the loss is the mean over the kept pairs of the global micro-batch (``global``).
+    ``process``: each process averages its own kept pairs, as the reference does (trainers.py lines 333-338);
+    on one process both are the same."""
     simpo_beta: float = 2.0
     """SimPO beta."""
     simpo_gamma: float = 0.3
-    """SimPO target margin gamma (TRL: ``simpo_gamma``)."""
+    """SimPO target reward margin. Paper Table 8 gives ``gamma 0.3`` with beta 2.0 under the symbol gamma, which
+    the SimPO paper uses for the margin itself in ``-log sigmoid(beta * (avg log pi(y_w) - avg log pi(y_l)) -
+    gamma)``, not for gamma / beta; the kit reads it so. That is TRL's ``CPOConfig.simpo_gamma`` (TRL computes
+    ``beta * (pi_logratios - simpo_gamma / beta)``), so 0.3 goes to TRL unchanged (gamma / beta = 0.15). The
+    paper does not say which it meant; ``simpo_gamma_convention: ratio`` gives the other reading."""
+    simpo_gamma_convention: Literal["margin", "ratio"] = "margin"
+    """How ``simpo_gamma`` is read. ``margin``: the margin gamma itself (TRL's ``simpo_gamma``, the SimPO
+    paper's gamma). ``ratio``: gamma / beta, the ``gamma_beta_ratio`` of the SimPO authors' scripts since July
+    2024; TRL then gets ``simpo_gamma * simpo_beta`` (0.3 with beta 2.0 -> 0.6)."""
     cogpo_alpha: float = 0.0
     """CogPO combined with beta-DPO (paper eq. 4): alpha; 0 disables the combination."""
     cogpo_m0: Optional[float] = None

@@ -30,6 +30,17 @@ class MethodSpec:
     beta_scale: float = 1.0
 
 
+def trl_simpo_gamma(gamma: float, beta: float, convention: str = "margin") -> float:
+    """The SimPO margin in TRL's terms (``CPOConfig.simpo_gamma``, the gamma in
+    ``-log sigmoid(beta * (avg log pi(y_w) - avg log pi(y_l)) - gamma)``) from a value read as ``convention``:
+    ``margin`` (gamma itself) or ``ratio`` (the SimPO scripts' ``gamma_beta_ratio`` = gamma / beta)."""
+    if convention == "margin":
+        return float(gamma)
+    if convention == "ratio":
+        return float(gamma) * float(beta)
+    raise ValueError(f"simpo_gamma_convention must be margin or ratio, got {convention!r}")
+
+
 def method_specs(pref: PreferenceParams) -> list[MethodSpec]:
     """The methods a params file asks for, in order (with the CogPO beta sweep after them)."""
     specs = []
@@ -44,9 +55,11 @@ def method_specs(pref: PreferenceParams) -> list[MethodSpec]:
         elif m == "beta_dpo":
             specs.append(MethodSpec("beta_dpo", "cogpo", dict(
                 beta_column=None, beta=pref.dpo_beta, dynamic_beta="batch", dynamic_alpha=pref.beta_dpo_alpha,
-                margin_momentum=pref.beta_dpo_momentum, filter_keep=pref.beta_dpo_keep if pref.beta_dpo_filter else 1.0)))
+                margin_momentum=pref.beta_dpo_momentum, filter_keep=pref.beta_dpo_keep if pref.beta_dpo_filter else 1.0,
+                filter_loss_average=pref.beta_dpo_loss_average)))
         elif m == "simpo":
-            specs.append(MethodSpec("simpo", "simpo", dict(beta=pref.simpo_beta, gamma=pref.simpo_gamma)))
+            gamma = trl_simpo_gamma(pref.simpo_gamma, pref.simpo_beta, pref.simpo_gamma_convention)
+            specs.append(MethodSpec("simpo", "simpo", dict(beta=pref.simpo_beta, gamma=gamma)))
         else:
             raise ValueError(f"unknown preference method '{m}'")
     for f in pref.beta_sweep:

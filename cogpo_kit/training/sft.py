@@ -1,9 +1,18 @@
-"""Supervised fine-tuning with TRL's SFT trainer: D_SFT* (``crv_sft``) and the original CoTs (``sft``).
+"""Supervised fine-tuning with TRL's SFT trainer: the CRV-aligned data and the SFT baselines.
 
-Both variants train on the same problems (the ids of D_SFT*), with the same prompt and the same response
-shape (:mod:`cogpo_kit.pairs.format`); they differ only in the reasoning: the CRV-aligned one or the
-original. Rows are conversational prompt/completion pairs, so TRL computes the loss on the assistant
-response only. Checkpoints go to ``checkpoints/``; a rerun resumes from the newest one.
+Variants (``sft.variants``), all with the same prompt and the same response shape
+(:func:`cogpo_kit.answers.response.format_response`):
+
+- ``crv_sft``: D_SFT* (verified medium CoTs and verified, re-rated rewrites);
+- ``sft``: the paper's SFT baseline (Table 2, Table 6 "SFT"): the original dataset without any CRV
+  intervention, every row of ``01_critique/input.jsonl``;
+- ``sft_same_problems``: the original CoTs of the D_SFT* problems only; against ``crv_sft`` it isolates
+  the effect of the rewrites (same problems, different reasoning);
+- ``sft_easy``, ``sft_medium``, ``sft_hard`` (paper Table 5): equal-size sets of the original CoTs the
+  Critic rated easy, medium, hard (``02_rethink/sft_<level>.jsonl``, written with ``crv.equal_level_subsets``).
+
+Rows are conversational prompt/completion pairs, so TRL computes the loss on the assistant response
+only. Checkpoints go to ``checkpoints/``; a rerun resumes from the newest one.
 """
 
 from __future__ import annotations
@@ -13,30 +22,57 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from cogpo_kit.pairs.format import DEFAULT_PROMPT_TEMPLATE, format_response, student_messages
+from cogpo_kit.answers.response import PROMPT_TEMPLATE, answer_kind, format_response, student_messages
 from cogpo_kit.pairs.inputs import CRVArtifacts
 from cogpo_kit.training.common import (is_main_process, last_checkpoint, load_model, lora_config, save_final_model,
                                        trainer_args, write_metrics)
 from cogpo_kit.training.metrics import final_metrics
 from cogpo_kit.training.params import SFTParams
 
-VARIANTS = ("crv_sft", "sft")
+VARIANTS = {
+    "crv_sft": "D_SFT* (CRV-aligned CoTs)",
+    "sft": "the original dataset, every row (the paper's SFT baseline)",
+    "sft_same_problems": "the original CoTs of the D_SFT* problems only",
+    "sft_easy": "an equal-size set of the original CoTs the Critic rated easy (Table 5)",
+    "sft_medium": "an equal-size set of the original CoTs the Critic rated medium (Table 5)",
+    "sft_hard": "an equal-size set of the original CoTs the Critic rated hard (Table 5)",
+}
+"""SFT variant -> what it trains on (as the manifest and the report say it)."""
 
 
-def sft_rows(art: CRVArtifacts, variant: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> list[dict]:
-    """Prompt/completion rows of a variant, in D_SFT* order."""
+def _row(sid: str, origin: str, problem: str, gold: str, reasoning: str, template: str) -> dict:
+    gold = str(gold).strip()
+    kind = answer_kind(gold)
+    text = format_response(reasoning, gold, kind)
+    return {"id": sid, "origin": origin, "prompt": student_messages(problem, template, kind),
+            "completion": [{"role": "assistant", "content": text}]}
+
+
+LEVEL_VARIANTS = {"sft_easy": "easy", "sft_medium": "medium", "sft_hard": "hard"}
+
+
+def sft_rows(art: CRVArtifacts, variant: str, template: str = PROMPT_TEMPLATE,
+             level_rows: Optional[dict[str, dict]] = None) -> list[dict]:
+    """Prompt/completion rows of a variant: D_SFT* order for ``crv_sft`` and ``sft_same_problems``,
+    input order for ``sft``, the subset's order for the level variants (``level_rows``: its file, read by
+    :func:`cogpo_kit.pairs.inputs.read_level_subset`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown SFT variant '{variant}' (known: {', '.join(VARIANTS)})")
+    if variant in LEVEL_VARIANTS:
+        if level_rows is None:
+            raise ValueError(f"SFT variant '{variant}' trains on a level subset: pass its rows")
+        return [_row(sid, row["level"], row["problem"], row["answer"], row["reasoning"], template)
+                for sid, row in level_rows.items()]
+    if variant == "sft":
+        return [_row(sid, "original", rec["problem"], rec["answer"], rec["reasoning"], template)
+                for sid, rec in art.records.items()]
     rows = []
     for sid, row in art.sft.items():
-        gold = str(row["answer"]).strip()
         if variant == "crv_sft":
-            text = format_response(row.get("response") or row.get("reasoning"), gold)
+            rows.append(_row(sid, row["origin"], row["problem"], row["answer"], row["reasoning"], template))
         else:
-            text = format_response(art.records[sid]["reasoning"], gold)
-        rows.append({"id": sid, "origin": row["origin"],
-                     "prompt": student_messages(row["problem"], template),
-                     "completion": [{"role": "assistant", "content": text}]})
+            rec = art.records[sid]
+            rows.append(_row(sid, "original", rec["problem"], rec["answer"], rec["reasoning"], template))
     return rows
 
 

@@ -1,7 +1,8 @@
 """Stages ``04_sft`` and ``05_preference``.
 
-``run_sft(params)``: each SFT variant (``crv_sft`` on D_SFT*, ``sft`` on the original CoTs of the same
-problems) from the student model -> ``04_sft/<variant>/{model/, metrics.jsonl}``.
+``run_sft(params)``: each SFT variant (``crv_sft`` on D_SFT*, ``sft`` on the whole original dataset,
+``sft_same_problems`` on the original CoTs of the D_SFT* problems) from the student model ->
+``04_sft/<variant>/{model/, metrics.jsonl}``; the manifest says what each variant trained on.
 
 ``run_preference(params)``: each method from the same SFT model ``04_sft/<init_from>/model`` (the student
 model, with a note, when that is missing) on the same ``03_pairs/pairs.jsonl`` ->
@@ -69,29 +70,41 @@ def _base_model_path(spec: str) -> str:
 
 def run_sft(params) -> dict:
     """Train every SFT variant of a run; returns the manifest."""
-    from cogpo_kit.pairs.inputs import read_crv
-    from cogpo_kit.training.sft import sft_rows, train_sft
+    from cogpo_kit.pairs.inputs import read_crv, read_level_subset
+    from cogpo_kit.training.sft import LEVEL_VARIANTS, VARIANTS, sft_rows, train_sft
 
     run_path = run_dir(params)
     art = read_crv(run_path, which=("input", "sft"))
+    levels = {}
+    for variant in params.sft.variants:
+        if variant in LEVEL_VARIANTS:
+            path = run_path / "02_rethink" / f"sft_{LEVEL_VARIANTS[variant]}.jsonl"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: SFT variant '{variant}' needs the equal-size level subsets; "
+                                        "set crv.equal_level_subsets and run the rethink stage again")
+            levels[variant] = (path, read_level_subset(path, LEVEL_VARIANTS[variant]))
     sections = params_dict(params)
     stage = _open(run_path, "sft", {"sft": sections["sft"], "prompt_template": params.pairs.prompt_template},
-                  art.paths.values())
+                  [*art.paths.values(), *(p for p, _ in levels.values())])
     base = _base_model_path(params.sft.model)
     stage.logger.info("student model %s -> %s", params.sft.model, base)
     summaries = {}
     for variant in params.sft.variants:
-        rows = sft_rows(art, variant, params.pairs.prompt_template)
+        rows = sft_rows(art, variant, params.pairs.prompt_template, levels.get(variant, (None, None))[1])
         out = stage.path / variant
         stage.counts[f"{variant}_examples"] = len(rows)
         if not rows:
-            stage.note(f"{variant}: no training rows (D_SFT* is empty); its model is a copy of the student model")
+            stage.note(f"{variant}: no training rows ({VARIANTS[variant]}: none); its model is a copy of the "
+                       "student model")
             copy_model(base, out / "model")
             write_metrics(out / "metrics.jsonl", [])
-            summaries[variant] = {"examples": 0, "steps": 0, "copied_from": base}
+            summaries[variant] = {"examples": 0, "steps": 0, "copied_from": base, "data": VARIANTS[variant]}
             continue
-        stage.logger.info("%s: %d rows", variant, len(rows))
+        stage.logger.info("%s: %d rows of %s", variant, len(rows), VARIANTS[variant])
+        if variant != "crv_sft":
+            stage.note(f"SFT baseline '{variant}' trained on {len(rows)} rows: {VARIANTS[variant]}")
         summaries[variant] = train_sft(rows, base_path=base, params=params.sft, out_dir=out, logger=stage.logger)
+        summaries[variant]["data"] = VARIANTS[variant]
     return stage.finish(student=params.sft.model, student_path=base, variants=summaries)
 
 

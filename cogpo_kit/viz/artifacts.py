@@ -90,10 +90,13 @@ N_KEYS = ("n", "count", "problems", "num_problems")
 SWEEP_PATTERN = re.compile(r"^cogpo(?:_beta|@|_x|_beta_x)(?P<scale>[0-9]+(?:\.[0-9]+)?)$")
 
 # Display names in the paper's spelling (Table 2), in its column order.
-MODEL_NAMES = {"zero_shot": "Zero-shot", "sft": "SFT", "crv_sft": "CRV+SFT", "dpo": "DPO",
+MODEL_NAMES = {"zero_shot": "Zero-shot", "sft": "SFT", "sft_same_problems": "SFT (D_SFT* problems)",
+               "sft_easy": "SFT on easy", "sft_medium": "SFT on medium", "sft_hard": "SFT on hard",
+               "crv_sft": "CRV+SFT", "dpo": "DPO",
                "beta_dpo": "β-DPO", "simpo": "SimPO", "cogpo": "CogPO"}
 BENCH_NAMES = {"aime24": "AIME2024", "aime25": "AIME2025", "amc23": "AMC2023", "math500": "MATH-500",
                "gsm8k": "GSM8K", "gpqa_diamond": "GPQA Diamond", "livecodebench": "LiveCodeBench",
+               "livecodebench_public": "LiveCodeBench (public tests only)",
                "mmlu": "MMLU", "olympiadbench": "OlympiadBench", "minerva_math": "Minerva Math"}
 
 

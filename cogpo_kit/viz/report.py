@@ -34,11 +34,12 @@ from cogpo_kit.viz.widgets import cot_html, cot_items, pair_html
 KEY_SETTINGS = (
     "run.run_id", "run.seed", "data.source", "data.limit", "student.model",
     "crv.critic.engine.engine", "crv.critic.engine.model", "crv.rethinker.engine.model", "crv.verifier.engine.model",
-    "crv.verifier_mode", "crv.votes", "crv.max_attempts", "crv.ablation",
+    "crv.verifier_mode", "crv.votes", "crv.max_attempts", "crv.ablation", "crv.check_final_answer",
+    "crv.incorrect_check",
     "pairs.beta_small", "pairs.beta_medium", "pairs.beta_large", "pairs.gaps",
     "sft.model", "sft.variants", "sft.optim.learning_rate", "sft.optim.max_steps", "sft.lora.enabled",
     "preference.methods", "preference.init_from", "preference.optim.learning_rate", "preference.beta_sweep",
-    "eval.benchmarks", "eval.limit", "eval.n_samples",
+    "eval.benchmarks", "eval.limit", "eval.protocol", "eval.n_samples", "eval.truncated_as_wrong",
 )
 
 PAGE_CSS = """
@@ -74,7 +75,8 @@ def _results_table(run: Run) -> str:
     if df.empty:
         return '<p class="sub">no evaluation results</p>'
     ci = tables.results(run, with_ci=True)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    extra = [c for c in ("protocol", "truncated correct") if c in ci.columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [*df.columns, *extra])
     body = []
     for bench, row in df.iterrows():
         ranked = sorted({v for v in row.values if pd.notna(v)}, reverse=True)
@@ -86,9 +88,12 @@ def _results_table(run: Run) -> str:
             elif len(ranked) > 1 and pd.notna(v) and v == ranked[1]:
                 text = f"<u>{text}</u>"
             cells.append(f"<td>{text}</td>")
+        cells += [f'<td class="sub">{html.escape(str(ci.loc[bench, c]))}</td>' for c in extra]
         body.append(f"<tr><td>{html.escape(str(bench))}</td>{''.join(cells)}</tr>")
     return (f'<table class="tbl"><thead><tr><th>benchmark</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-            '<p class="sub">pass@1 in %, [95% bootstrap interval]; best per benchmark in bold, second underlined.</p>')
+            '<p class="sub">pass@1 in %, [95% bootstrap interval]; best per benchmark in bold, second underlined; '
+            '<i>protocol</i>: how the answers were decoded; <i>truncated correct</i>: correct answers taken from '
+            'outputs cut at max_tokens (<code>eval.truncated_as_wrong</code> counts them wrong).</p>')
 
 
 def _notes(notes: list[str]) -> str:

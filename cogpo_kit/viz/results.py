@@ -1,5 +1,7 @@
-"""Evaluation results as rows ``{model, benchmark, score, ci_low, ci_high, n}`` (scores in percent, as the
-evaluation stage writes them).
+"""Evaluation results as rows ``{model, benchmark, score, ci_low, ci_high, n, protocol, truncated_correct}``
+(scores in percent, as the evaluation stage writes them; ``protocol`` is the decoding protocol's label,
+``truncated_correct`` the correct answers that came from outputs cut at ``max_tokens``; both ``None``
+in files written before they were recorded).
 
 Parses ``06_evaluate/comparison.json`` and each model's ``results.json`` in the shapes listed in
 :func:`parse_comparison` and :func:`parse_results`; the key spellings live in
@@ -38,6 +40,10 @@ def bench_row(model: str, bench: str, metrics: Any, source: Path) -> dict:
     row = {"model": model, "benchmark": bench, "score": _number(score, "score", source, bench),
            "ci_low": _number(lo, "ci_low", source, bench), "ci_high": _number(hi, "ci_high", source, bench),
            "n": first_key(metrics, N_KEYS)}
+    proto = metrics.get("protocol")
+    row["protocol"] = proto.get("label") if isinstance(proto, dict) else proto
+    row["truncated_correct"] = metrics.get("truncated_correct")
+    row["truncated"] = metrics.get("truncated")
     if metrics.get("beta_scale") is not None:
         row["beta_scale"] = metrics["beta_scale"]
     return row

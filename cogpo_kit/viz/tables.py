@@ -197,9 +197,14 @@ def training_summary(run: Run) -> pd.DataFrame:
                                        "train loss (mean)", "last margin"])
 
 
-def results(run: Run, *, with_ci: bool = False, sweep: bool = False) -> pd.DataFrame:
+def results(run: Run, *, with_ci: bool = False, sweep: bool = False, details: bool | None = None) -> pd.DataFrame:
     """Paper Table 2 style: benchmarks as rows, models as columns, pass@1 in % (beta-sweep models only
-    with ``sweep=True``)."""
+    with ``sweep=True``).
+
+    ``details`` (default: as ``with_ci``) adds two columns after the models: ``protocol`` (how the
+    answers were decoded: ``greedy, 16k tok``, ``r1 (T=0.6, top-p 0.95), pass@1 of 16, 32k tok``) and
+    ``truncated correct`` (correct answers that came from outputs cut at ``max_tokens``, per model
+    where any: ``SFT 2, CogPO 1``; ``0`` when none). Without details every cell is a number."""
     rows = [r for r in run.results() if sweep or not is_sweep_model(r["model"])]
     if not rows:
         return pd.DataFrame()
@@ -213,6 +218,21 @@ def results(run: Run, *, with_ci: bool = False, sweep: bool = False) -> pd.DataF
         table[bench_label(r["benchmark"])][model_label(r["model"])] = value
     df = pd.DataFrame.from_dict(table, orient="index")
     df = df[[model_label(m) for m in models]]
+    if with_ci if details is None else details:
+        protocols: dict[str, list[str]] = {bench_label(b): [] for b in benches}
+        cut: dict[str, list[str]] = {bench_label(b): [] for b in benches}
+        for m in models:
+            for r in rows:
+                if r["model"] != m:
+                    continue
+                label = bench_label(r["benchmark"])
+                if r.get("protocol") and r["protocol"] not in protocols[label]:
+                    protocols[label].append(r["protocol"])
+                if r.get("truncated_correct"):
+                    cut[label].append(f"{model_label(m)} {r['truncated_correct']}")
+        known = {bench_label(r["benchmark"]) for r in rows if r.get("truncated_correct") is not None}
+        df["protocol"] = ["; ".join(protocols[b]) or "not recorded" for b in df.index]
+        df["truncated correct"] = [", ".join(cut[b]) or ("0" if b in known else "not recorded") for b in df.index]
     df.index.name = "benchmark"
     return df
 

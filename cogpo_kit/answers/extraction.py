@@ -2,7 +2,10 @@
 
 Order of evidence, strongest first:
 
-1. text after the last ``</think>`` (reasoning models), when there is any;
+1. the final part of a reasoning model's output (:func:`final_segment`): the text after the last
+   end-of-thinking marker (``</think>``, Bespoke/OpenThoughts' ``<|end_of_thought|>``) or inside the
+   last ``<|begin_of_solution|> ... <|end_of_solution|>``, when there is any; otherwise the whole
+   text with the markers removed (so no marker is ever part of an extracted answer);
 2. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled; ``\\boxed 5`` too); boxes right
    before it, separated only by punctuation, or by a connector (comma, "and", "or") with at most three
    words and no sentence boundary, are joined (``\\boxed{1} and \\boxed{-2}`` -> ``1, -2``) — unless
@@ -121,11 +124,41 @@ def boxed_answer(text: str) -> Optional[str]:
     return ", ".join(parts) if len(parts) > 1 else parts[0]
 
 
-def _after_think(text: str) -> str:
-    idx = text.rfind("</think>")
-    if idx >= 0 and text[idx + len("</think>"):].strip():
-        return text[idx + len("</think>"):]
-    return text
+THINK_END_MARKERS = ("</think>", "<|end_of_thought|>")
+"""End-of-thinking markers: R1-style ``</think>`` and Bespoke-Stratos / OpenThoughts' ``<|end_of_thought|>``."""
+SOLUTION_BEGIN, SOLUTION_END = "<|begin_of_solution|>", "<|end_of_solution|>"
+_MARKERS = re.compile(r"</?think>|<\|(?:begin|end)_of_(?:thought|solution)\|>")
+
+
+def strip_markers(text: str) -> str:
+    """``text`` without thinking / solution markers (``<think>``, ``</think>``, ``<|begin_of_thought|>``, ...)."""
+    return _MARKERS.sub("", text)
+
+
+def final_segment(text: str) -> str:
+    """The part of an output that holds its answer.
+
+    - the content of the last ``<|begin_of_solution|> ... <|end_of_solution|>`` (the end marker may
+      be missing when the output was cut), when it is not blank;
+    - else the text after the last end-of-thinking marker (``</think>``, ``<|end_of_thought|>``),
+      when it is not blank;
+    - else the whole text (a reasoning model cut before it closed its thinking, or one that put its
+      answer inside it).
+
+    Markers are removed from what is returned."""
+    start = text.rfind(SOLUTION_BEGIN)
+    if start >= 0:
+        body = text[start + len(SOLUTION_BEGIN):]
+        end = body.find(SOLUTION_END)
+        body = body[:end] if end >= 0 else body
+        if strip_markers(body).strip():
+            return strip_markers(body)
+    cut = max((text.rfind(m) + len(m), m) for m in THINK_END_MARKERS)
+    if cut[0] >= len(cut[1]):  # a marker was found
+        after = text[cut[0]:]
+        if strip_markers(after).strip():
+            return strip_markers(after)
+    return strip_markers(text)
 
 
 def _sentence_answer(segment: str) -> Optional[str]:
@@ -225,7 +258,7 @@ def extract_answer(text: Optional[str]) -> Optional[str]:
     last math / last number (see the module docstring); ``None`` when there is none."""
     if text is None:
         return None
-    text = _after_think(str(text))
+    text = final_segment(str(text))
     if not text.strip():
         return None
     boxes = find_boxed(text)
