@@ -73,5 +73,9 @@ def test_two_processes_match_one(tmp_path):
         wb = load_file(str(two / "05_preference" / method / "model" / "model.safetensors"))
         assert wa.keys() == wb.keys()
         for k in wa:
-            assert torch.allclose(wa[k], wb[k], atol=1e-5), (method, k)
+            # Adam divides by sqrt(v) + eps: where a gradient is near eps, float reduction order (one process
+            # against two) moves the update by a few 1e-6 of the learning rate 0.01; a real difference in the
+            # data or the loss moves it by a whole step (1e-2)
+            diff = (wa[k] - wb[k]).abs().max().item()
+            assert diff < 1e-4, (method, k, diff)
     assert "filter/kept" in _rows(two, "beta_dpo")[0]
