@@ -50,7 +50,7 @@ from cogpo_kit.crv.stage import run_critique, run_rethink  # noqa: E402
 from cogpo_kit.data.loaders import load_cot  # noqa: E402
 from cogpo_kit.engines import build_engine  # noqa: E402
 from cogpo_kit.engines.cache import CachedEngine  # noqa: E402
-from cogpo_kit.engines.config import CacheConfig  # noqa: E402
+from cogpo_kit.engines.config import CacheParams  # noqa: E402
 from cogpo_kit.io import atomic_write_text  # noqa: E402
 from cogpo_kit.params import load_params  # noqa: E402
 
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     configs = {crv.critic.engine, crv.rethinker.engine, crv.verifier.engine}
     if len(configs) != 1:
         raise SystemExit("benchmarks/crv.py expects one engine for all agents (as in params/demo.yaml)")
-    cfg = dataclasses.replace(crv.critic.engine, cache=CacheConfig(enabled=False))
+    cfg = dataclasses.replace(crv.critic.engine, cache=CacheParams(enabled=False))
     backend = build_engine(cfg).backend  # loaded once, shared by both implementations
     try:
         kit_engine = CachedEngine(backend, work / "cache.sqlite", show_progress=False)

@@ -45,7 +45,7 @@ from cogpo_kit.crv.prompts import build_messages  # noqa: E402
 from cogpo_kit.engines import build_engine  # noqa: E402
 from cogpo_kit.engines.base import Request  # noqa: E402
 from cogpo_kit.engines.common import cpu_threads, sample_seed  # noqa: E402
-from cogpo_kit.engines.config import CacheConfig, EngineConfig, SamplingConfig  # noqa: E402
+from cogpo_kit.engines.config import CacheParams, EngineParams, SamplingParams  # noqa: E402
 from cogpo_kit.io import atomic_write_json, atomic_write_text  # noqa: E402
 from cogpo_kit.models.resolve import DEFAULT_MODEL, load_causal_lm, resolve  # noqa: E402
 
@@ -64,7 +64,7 @@ def prompts(n: int, max_tokens: int) -> list[Request]:
             rows.append((row["question"], answer.strip(), reasoning.strip()))
             if len(rows) == n:
                 break
-    sp = SamplingConfig(temperature=0.7, top_p=0.9, top_k=50, max_tokens=max_tokens)
+    sp = SamplingParams(temperature=0.7, top_p=0.9, top_k=50, max_tokens=max_tokens)
     return [Request(messages=build_messages(ROLES[k % 4], problem=q, answer=a, reasoning=r),
                     sampling=replace(sp, seed=k), tag=ROLES[k % 4]) for k, (q, a, r) in enumerate(rows)]
 
@@ -170,16 +170,16 @@ def main(argv=None) -> int:
     reqs = prompts(args.prompts, args.max_tokens)
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
-    off = CacheConfig(enabled=False)
+    off = CacheParams(enabled=False)
     if "naive" not in args.skip:
         rows.append(timed("naive: transformers generate, one request at a time", naive(reqs, threads)))
     if "transformers" not in args.skip:
-        eng = build_engine(EngineConfig(engine="transformers", device="cpu", threads=threads, batch_size=16,
+        eng = build_engine(EngineParams(engine="transformers", device="cpu", threads=threads, batch_size=16,
                                         cache=off))
         rows.append(timed("transformers engine (batch 16)", lambda: eng.generate(reqs)))
         eng.close()
-    llama = EngineConfig(engine="llamacpp", threads=threads, batch_size=16, context_length=2048,
-                         cache=CacheConfig(retry_truncated=False))  # the cache serves the cut ones too
+    llama = EngineParams(engine="llamacpp", threads=threads, batch_size=16, context_length=2048,
+                         cache=CacheParams(retry_truncated=False))  # the cache serves the cut ones too
     eng = build_engine(llama, cache_path=str(work / "cache.sqlite"))
     rows.append(timed(f"llamacpp engine, the agents' default (16 sequences batched; weights {eng.backend.weights})",
                       lambda: eng.generate(reqs)))
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     if "openai" not in args.skip:
         proc, url = start_server(threads)
         try:
-            eng = build_engine(EngineConfig(engine="openai", model="smollm2", base_urls=(url,), max_concurrency=4,
+            eng = build_engine(EngineParams(engine="openai", model="smollm2", base_urls=(url,), max_concurrency=4,
                                             timeout_s=600, cache=off))
             rows.append(timed("openai engine -> llama.cpp server (4 in flight)", lambda: eng.generate(reqs)))
             eng.close()

@@ -132,7 +132,7 @@ def main(argv=None) -> int:
                      f"| {spread / cont:.2f}× |")
     lines += ["", "× is the ratio to the in-order column. The engine moves the sequence in the highest slot into "
               "the gap a finished one leaves and writes each step's tokens in slot order "
-              "(`cogpo_kit/engines/llamacpp.py`), so its steps cost what the in-order column shows.",
+              "(`cogpo_kit/engines/llamacpp_batch.py`), so its steps cost what the in-order column shows.",
               "", "Command: `python benchmarks/kv_streams.py`"]
     atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
     print(f"written: {args.out}")

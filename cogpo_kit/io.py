@@ -1,8 +1,9 @@
-"""Atomic file writes and JSON/JSONL reading.
+"""Atomic file writes, folder replacement by renames, and JSON/JSONL reading.
 
 Every artifact the kit writes goes through this module: data is written to a temporary file in
 the same folder, flushed and fsync'ed, then renamed over the target, so a killed run never leaves
-a half-written file that looks whole.
+a half-written file that looks whole. Folders (saved models) are written whole under a temporary
+name and put in place by :func:`replace_dir`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -82,6 +84,28 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     """Write rows as JSON Lines atomically (the whole file appears at once or not at all)."""
     lines = [json.dumps(r, ensure_ascii=False, default=_default) for r in rows]
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Put the finished folder ``tmp`` in place of ``final`` by renames (a folder that exists is complete).
+
+    ``tmp`` must be on the same file system as ``final`` (a sibling, e.g. ``<final>.tmp``). An existing
+    ``final`` is first renamed to ``<final>.old`` (any older leftover of that name removed), ``tmp`` is
+    renamed to ``final``, and the old folder is removed: a reader sees the old complete folder, the new
+    one or (for the instant between the two renames) none, never a half-written one. Returns ``final``.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
 
 
 def _default(obj: Any) -> Any:

@@ -1,24 +1,46 @@
 """A small, complete fake run folder (every stage's artifacts and manifest) for display tests.
 
-The rows follow the artifact fields of :mod:`cogpo_kit.viz.artifacts`; manifests are written by
-the real :func:`cogpo_kit.pipeline.stage.open_stage` so freshness checks see real ones.
+Every artifact is written by the kit's own writers: the critique and rethink stages run on scripted
+agents (:class:`~cogpo_kit.engines.scripted.ScriptedEngine`, as in ``test_pairs_fixtures``), the
+pairs stage runs as it is, and the evaluation stage generates with a scripted engine and grades for
+real. Training is the one stage that does not run (too slow for display tests): its stages are
+opened for real and each model's ``metrics.jsonl`` is written through
+:meth:`~cogpo_kit.pipeline.stage.Stage.write` with rows shaped as the trainer's log history, the
+preference rows' reward keys made by :func:`cogpo_kit.training.metrics.record_pair_metrics`.
+
+The default run: 13 CoTs rated easy (7), medium (2), hard (3) and one the Critic gives no label;
+each easy or hard CoT is rewritten until the Verifier says YES at a planned attempt (or never, up to
+``crv.max_attempts``); every example's first incorrect CoT still reaches the gold answer and its
+second one is kept.
 """
 
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
-from cogpo_kit.io import atomic_write_json, atomic_write_jsonl
+from cogpo_kit.crv.agents import ROLES
+from cogpo_kit.crv.stage import run_critique, run_rethink
+from cogpo_kit.data.records import CoTRecord
+from cogpo_kit.engines.base import Request
+from cogpo_kit.engines.scripted import ScriptedEngine
 from cogpo_kit.params import load_params, params_dict
 from cogpo_kit.pipeline.freshness import stage_params
-from cogpo_kit.pipeline.stage import STAGES, open_stage, run_dir
+from cogpo_kit.pipeline.stage import open_stage, run_dir
+from cogpo_kit.pipeline.stages import stage_spec
+from test_pairs_fixtures import _PROBLEM, _REASONING
+
+BEFORE_REPORT = stage_spec("report").upstream
+"""Every stage the report reads: the stages a fake run has by default."""
 
 WORDS = ("first we add the two numbers then multiply by three so the total is clearly the answer because "
          "each step follows from the previous one and we check it").split()
+LEVELS = ["easy"] * 6 + ["medium"] * 2 + ["hard"] * 3 + ["easy", None]
+VOTES = ("easy", "medium", "hard")
 
 
 def _text(rng: random.Random, n: int, answer: str) -> str:
@@ -30,8 +52,9 @@ def write_params(root: Path, run_id: str = "fake", *, sweep: Sequence[float] = (
     data = {
         "run": {"run_id": run_id, "output_dir": str(root / "outputs"), "description": "fake run for tests"},
         "student": {"model": "tiny:llama"},
+        "crv": {"max_attempts": 3, "incorrect_max_attempts": 2, "incorrect_check": "answer_differs"},
         "preference": {"beta_sweep": list(sweep)},
-        "eval": {"benchmarks": ["gsm8k", "math500"], "limit": 4},
+        "eval": {"benchmarks": ["gsm8k", "math500"], "limit": 4, "bootstrap": 200, "grader_workers": 1},
         "report": {"png": False},
     }
     path = root / f"{run_id}.yaml"
@@ -39,154 +62,138 @@ def write_params(root: Path, run_id: str = "fake", *, sweep: Sequence[float] = (
     return path
 
 
+class _Script:
+    """What each scripted agent answers, planned per example."""
+
+    def __init__(self, records: list[CoTRecord], levels: Sequence[str | None], rng: random.Random, max_attempts: int):
+        self.by_problem = {r.problem: (r, lvl) for r, lvl in zip(records, levels)}
+        self.split_vote: set[str] = set()
+        self.rewrites: dict[str, list[str]] = {}
+        self.passing: set[str] = set()
+        for k, (rec, lvl) in enumerate(zip(records, levels)):
+            if lvl is not None and rng.random() < 0.4:
+                self.split_vote.add(rec.id)  # the Critic's second vote disagrees: a third one decides
+            if lvl not in ("easy", "hard"):
+                continue
+            texts = []
+            for _ in range(max_attempts):
+                words = rec.reasoning.split()
+                words.insert(rng.randrange(len(words)), "carefully")
+                if lvl == "hard":
+                    del words[rng.randrange(len(words))]
+                texts.append(" ".join(words))
+            self.rewrites[rec.id] = texts
+            passes_at = None if k == 8 else rng.choice([1, 2, 3, None])  # the first hard CoT never passes
+            if passes_at is not None:
+                self.passing.add(texts[passes_at - 1])
+
+    def __call__(self, req: Request, i: int) -> str:
+        content = req.messages[-1]["content"]
+        rec, level = self.by_problem[_PROBLEM.search(content).group(1).strip()]
+        reasoning = _REASONING.search(content).group(1).strip()
+        if req.tag == "critic":
+            if reasoning != rec.reasoning:
+                return "medium"  # a re-rated rewrite
+            if level is None:
+                return VOTES[i % 3]  # three different votes: no majority
+            return VOTES[(VOTES.index(level) + 1) % 3] if i == 1 and rec.id in self.split_vote else level
+        if req.tag == "verifier":
+            return "YES" if reasoning == rec.reasoning or reasoning in self.passing else "NO"
+        if req.tag in ("expand", "simplify"):
+            return self.rewrites[rec.id][i]
+        if req.tag == "corrupt":  # the first one still reaches the gold answer, the second one does not
+            return rec.reasoning if i == 0 else rec.reasoning.replace(rec.answer, str(int(rec.answer) + 1))
+        raise AssertionError(f"unexpected tag {req.tag}")
+
+
+def _crv(params, records: list[CoTRecord], levels, rng: random.Random, stages: set[str]) -> None:
+    engine = ScriptedEngine(_Script(records, levels, rng, params.crv.max_attempts))
+    engines = {role: engine for role in ROLES}
+    if "critique" in stages:
+        run_critique(params, records=records, engines=engines)
+    if "rethink" in stages:
+        run_rethink(params, engines=engines)
+
+
+def _log_history(rng: random.Random, steps: int, margins: bool) -> list[dict]:
+    """Rows shaped as the trainer's log history: one per step, then the run's summary."""
+    import torch
+
+    from cogpo_kit.training.metrics import gap_ids, record_pair_metrics
+
+    rows = []
+    for s in range(1, steps + 1):
+        row = {"loss": round(2.0 / s + rng.random() * 0.1, 4), "grad_norm": 1.0, "learning_rate": 1e-4,
+               "epoch": s / 4, "step": s}
+        if margins:
+            store: dict = defaultdict(list)
+            gaps = ["small", "medium", "large"] * 2
+            chosen = torch.tensor([0.01 * s * (1 + k % 3) for k in range(len(gaps))])
+            record_pair_metrics(store, lambda t: t, chosen_rewards=chosen, rejected_rewards=torch.zeros(len(gaps)),
+                                losses=torch.full((len(gaps),), 0.69 - 0.03 * s), gap=gap_ids(gaps))
+            row.update({k: round(sum(v) / len(v), 6) for k, v in store.items()})
+        rows.append(row)
+    rows.append({"train_runtime": 12.0, "train_samples_per_second": 2.0, "train_loss": 1.1, "epoch": steps / 4,
+                 "step": steps})
+    return rows
+
+
+def _training(params, tree: dict, rng: random.Random, stages: set[str], sweep: Sequence[float]) -> None:
+    run = run_dir(params)
+    if "sft" in stages:
+        st = open_stage(run, "sft", stage_params(tree, "sft"))
+        for variant in params.sft.variants:
+            st.artifact("sft_model", variant=variant).mkdir(parents=True, exist_ok=True)
+            st.write("sft_metrics", _log_history(rng, 8, margins=False), variant=variant)
+        st.finish()
+    if "preference" in stages:
+        st = open_stage(run, "preference", stage_params(tree, "preference"))
+        for method in [*params.preference.methods, *(f"cogpo_x{f:g}" for f in sweep)]:
+            st.artifact("preference_model", method=method).mkdir(parents=True, exist_ok=True)
+            st.write("preference_metrics", _log_history(rng, 6, margins=True), method=method)
+        st.finish()
+
+
+def _evaluate(params, seed: int) -> None:
+    from cogpo_kit.evaluation.benchmarks import build_messages, get_benchmark
+    from cogpo_kit.evaluation.stage import load_eval_problems, run_evaluate
+
+    ev = params.eval
+    gold = {build_messages(p, get_benchmark(name), template=ev.templates.get(name),
+                           system_prompt=ev.system_prompt)[-1]["content"]: p.gold
+            for name, probs in load_eval_problems(ev).items() for p in probs}
+
+    def engine(spec: str) -> ScriptedEngine:
+        rng = random.Random(f"{seed}:{spec}")
+
+        def answer(req: Request, i: int) -> str:
+            right = gold[req.messages[-1]["content"]]
+            got = right if rng.random() < 0.5 else str(int(rng.random() * 90) + 100)
+            return f"Thinking <i>hard</i>... The answer is \\boxed{{{got}}}"
+        return ScriptedEngine(answer, model_id=f"scripted:{Path(spec).name}")
+
+    run_evaluate(params, engine_factory=engine, show_progress=False)
+
+
 def make_fake_run(root: Path, run_id: str = "fake", *, levels: Sequence[str | None] | None = None,
-                  stages: Sequence[str] = STAGES[:-1], sweep: Sequence[float] = (0.5, 2.0), seed: int = 0) -> Path:
-    """Write ``<root>/outputs/<run_id>/`` with the artifacts of ``stages``; return the params file."""
+                  stages: Sequence[str] = BEFORE_REPORT, sweep: Sequence[float] = (0.5, 2.0), seed: int = 0) -> Path:
+    """Write ``<root>/outputs/<run_id>/`` with the artifacts of ``stages`` (names or folders); return the
+    params file."""
     rng = random.Random(seed)
     yaml_path = write_params(root, run_id, sweep=sweep)
     params = load_params([yaml_path])
     tree = params_dict(params)
-    run = run_dir(params)
-    levels = list(levels if levels is not None else
-                  ["easy"] * 6 + ["medium"] * 2 + ["hard"] * 3 + ["easy", None])
-    ids = [f"ex{i:03d}" for i in range(len(levels))]
-    answers = {i: str(10 + k) for k, i in enumerate(ids)}
-    inputs = [{"id": i, "problem": f"What is {k} plus {k + 10}? <b>bold</b>", "answer": answers[i],
-               "reasoning": _text(rng, 30, answers[i]), "source": "fake", "meta": {}} for k, i in enumerate(ids)]
+    stages = {stage_spec(s).name for s in stages}
+    levels = list(levels if levels is not None else LEVELS)
+    records = [CoTRecord(id=f"ex{k:03d}", problem=f"What is {k} plus {k + 10}? <b>bold</b>", answer=str(10 + k),
+                         reasoning=_text(rng, 30, str(10 + k)), source="fake") for k in range(len(levels))]
+    _crv(params, records, levels, rng, stages)
+    if "pairs" in stages:
+        from cogpo_kit.pairs.stage import run_pairs
 
-    def stage(name, rows_by_file, counts, notes=(), **extra):
-        st = open_stage(run, name, stage_params(tree, name))
-        for fname, rows in rows_by_file.items():
-            atomic_write_jsonl(st.file(fname), rows)
-        st.counts.update(counts)
-        st.agents.update({"critic": {"calls": 10, "cache_hits": 2, "prompt_tokens": 900, "completion_tokens": 30}})
-        for n in notes:
-            st.note(n)
-        return st.finish(**extra)
-
-    if "01_critique" in stages:
-        crits = []
-        for i, lvl in zip(ids, levels):
-            other = "hard" if lvl != "hard" else "easy"
-            votes = ([lvl, lvl] if rng.random() < 0.6 else [lvl, other, lvl]) if lvl else ["easy", "hard", "medium"]
-            crits.append({"id": i, "votes": votes, "raw": votes, "level": lvl, "reasks": int(lvl is None),
-                          "reason": None if lvl else "no_majority"})
-        unlabeled = levels.count(None)
-        stage("01_critique", {"input.jsonl": inputs, "critiques.jsonl": crits},
-              {"records": len(ids), **{lvl: levels.count(lvl) for lvl in ("easy", "medium", "hard")}},
-              notes=[f"{unlabeled} of {len(ids)} CoTs got no Critic label (no majority)."] if unlabeled else [])
-
-    # The rethink stage's rows: every attempt in rewrites.jsonl (kind medium / expand / simplify / corrupt),
-    # the incorrect CoT found per example in incorrect.jsonl, D_SFT* in sft.jsonl.
-    rewrites, incorrect, sft, discards = [], [], [], {}
-    for (i, lvl), row in zip(zip(ids, levels), inputs):
-        if lvl is None:
-            discards["critic_no_majority"] = discards.get("critic_no_majority", 0) + 1
-        elif lvl == "medium":
-            rewrites.append({"id": i, "kind": "medium", "attempt": 0, "outcome": "kept",
-                             "verification": {"verdict": "YES", "mode": "judge", "raw": ["YES"]}})
-            sft.append({"id": i, "problem": row["problem"], "answer": row["answer"], "reasoning": row["reasoning"],
-                        "response": row["reasoning"], "origin": "medium", "attempt": 0, "level": lvl})
-        else:
-            attempts = rng.randint(1, 3)
-            for a in range(1, attempts + 1):
-                words = row["reasoning"].split()
-                words.insert(rng.randrange(len(words)), "carefully")
-                if lvl == "hard":
-                    del words[rng.randrange(len(words))]
-                passed = a == attempts and rng.random() < 0.7
-                text = " ".join(words)
-                rewrites.append({"id": i, "kind": "expand" if lvl == "easy" else "simplify", "attempt": a,
-                                 "raw": text, "rewrite": text, "reached_answer": row["answer"],
-                                 "verification": {"verdict": "YES" if passed else "NO", "mode": "judge"},
-                                 **({"rerating": {"level": "medium", "votes": ["medium", "medium"]}} if passed else {}),
-                                 "outcome": "kept" if passed else "verifier_no"})
-                if passed:
-                    sft.append({"id": i, "problem": row["problem"], "answer": row["answer"], "reasoning": text,
-                                "response": text, "origin": lvl + "*", "attempt": a, "level": lvl})
-            if not any(r["id"] == i and r["outcome"] == "kept" for r in rewrites):
-                discards["max_attempts"] = discards.get("max_attempts", 0) + 1
-        wrong = str(int(row["answer"]) + 1)
-        gold_again = row["reasoning"]
-        rewrites.append({"id": i, "kind": "corrupt", "attempt": 1, "rewrite": gold_again,
-                         "reached_answer": row["answer"], "outcome": "reaches_gold"})
-        text = row["reasoning"].replace(row["answer"], wrong)
-        rewrites.append({"id": i, "kind": "corrupt", "attempt": 2, "rewrite": text, "reached_answer": wrong,
-                         "outcome": "kept"})
-        incorrect.append({"id": i, "problem": row["problem"], "answer": row["answer"], "reasoning": text,
-                          "reached_answer": wrong, "response": text, "attempt": 2, "level": lvl})
-    funnel = {"examples": len(ids), "levels": {k: levels.count(k) for k in ("easy", "medium", "hard")} | {
-              "none": levels.count(None)},
-              "sft": {"total": len(sft), **{k: sum(1 for r in sft if r["origin"] == k) for k in ("medium", "easy*", "hard*")}},
-              "discards": discards, "incorrect": {"found": len(incorrect)}}
-    if "02_rethink" in stages:
-        stage("02_rethink", {"rewrites.jsonl": rewrites, "incorrect.jsonl": incorrect, "sft.jsonl": sft},
-              {"records": len(ids), "sft": len(sft), "incorrect": len(incorrect)}, funnel=funnel)
-
-    pairs = []
-    by_id = {r["id"]: r for r in inputs}
-    for k, s in enumerate(sft):
-        orig = by_id[s["id"]]
-        wrong = next(r for r in incorrect if r["id"] == s["id"])
-        prompt = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": orig["problem"]}]
-        if s["origin"] == "medium":
-            pairs.append((prompt, s["response"], wrong["reasoning"], "large", 0.5, "medium", "incorrect", s["id"]))
-        else:
-            pairs.append((prompt, s["response"], orig["reasoning"], "small", 0.1, s["origin"], "original", s["id"]))
-            pairs.append((prompt, orig["reasoning"], wrong["reasoning"], "medium", 0.2, "original", "incorrect", s["id"]))
-            pairs.append((prompt, s["response"], wrong["reasoning"], "large", 0.5, s["origin"], "incorrect", s["id"]))
-    pair_rows = [{"id": f"p{k:03d}", "prompt": p, "chosen": c, "rejected": r,
-                  "gap": g, "beta": b, "chosen_kind": ck, "rejected_kind": rk, "source_id": sid}
-                 for k, (p, c, r, g, b, ck, rk, sid) in enumerate(pairs)]
-    if "03_pairs" in stages:
-        gaps = {g: sum(1 for p in pair_rows if p["gap"] == g) for g in ("small", "medium", "large")}
-        stage("03_pairs", {"pairs.jsonl": pair_rows}, {"pairs": len(pair_rows), **gaps})
-
-    if "04_sft" in stages:
-        st = open_stage(run, "04_sft", stage_params(tree, "04_sft"))
-        for variant in ("crv_sft", "sft"):
-            atomic_write_jsonl(st.path / variant / "metrics.jsonl",
-                               [{"step": s, "loss": 2.0 / s + rng.random() * 0.1, "epoch": s / 4} for s in range(1, 9)]
-                               + [{"step": 8, "train_loss": 1.1, "train_runtime": 12.0}])
-        st.counts.update({"crv_sft": len(sft), "sft": len(ids)})
-        st.finish()
-
-    methods = ["cogpo", "dpo", "beta_dpo", "simpo"] + [f"cogpo_x{f:g}" for f in sweep]
-    if "05_preference" in stages:
-        st = open_stage(run, "05_preference", stage_params(tree, "05_preference"))
-        for m in methods:
-            rows = []
-            for s in range(1, 7):
-                row = {"step": s, "loss": 0.69 - 0.03 * s + rng.random() * 0.01, "rewards/margins": 0.02 * s}
-                if m.startswith("cogpo"):
-                    row.update({f"{g}_gap/rewards/margins": 0.01 * s * (k + 1) for k, g in enumerate(("small", "medium", "large"))})
-                rows.append(row)
-            atomic_write_jsonl(st.path / m / "metrics.jsonl", rows)
-        st.note("no medium CoTs with a verified rewrite: few large-gap pairs")
-        st.finish()
-
-    models = ["zero_shot", "sft", "crv_sft", "cogpo", "dpo", "beta_dpo", "simpo"] + [f"cogpo_x{f:g}" for f in sweep]
-    if "06_evaluate" in stages:
-        st = open_stage(run, "06_evaluate", stage_params(tree, "06_evaluate"))
-        comparison = []
-        for m in models:
-            results = {"model": m, "benchmarks": {}}
-            for bench in ("gsm8k", "math500"):
-                samples = []
-                for q in range(4):
-                    gold = str(q + 1)
-                    ok = rng.random() < 0.5
-                    out = f"Thinking <i>hard</i>... The answer is \\boxed{{{gold if ok else q + 7}}}"
-                    samples.append({"id": f"{bench}-{q}", "prompt": f"Compute {q} + 1 & report.", "output": out,
-                                    "extracted": gold if ok else str(q + 7), "gold": gold, "correct": ok})
-                atomic_write_jsonl(st.path / m / f"samples_{bench}.jsonl", samples)
-                acc = 100.0 * sum(s["correct"] for s in samples) / len(samples)
-                metrics = {"score": acc, "ci_low": max(0.0, acc - 25), "ci_high": min(100.0, acc + 25), "n": len(samples)}
-                results["benchmarks"][bench] = metrics
-                scale = {"beta_scale": float(m[len("cogpo_x"):])} if m.startswith("cogpo_x") else {}
-                comparison.append({"model": m, "benchmark": bench, **metrics, **scale})
-            atomic_write_json(st.path / m / "results.json", results)
-        atomic_write_json(st.path / "comparison.json", {"rows": comparison, "paired": []})
-        st.counts.update({"models": len(models)})
-        st.finish()
+        run_pairs(params)
+    _training(params, tree, rng, stages, sweep)
+    if "evaluate" in stages:
+        _evaluate(params, seed)
     return yaml_path
+

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from cogpo_kit.engines.base import Completion, EngineError, Request
+from cogpo_kit.engines.base import Completion, EngineCapabilities, EngineError, Request
 from cogpo_kit.engines.cache import CachedEngine, request_key
-from cogpo_kit.engines.config import SamplingConfig
+from cogpo_kit.engines.config import SamplingParams
 
 MSG = ({"role": "user", "content": "What is 2+2?"},)
 
@@ -22,7 +22,7 @@ class FakeBackend:
 
     def __init__(self, model_id="fake:model", streams=True, fail=None, fail_after=None):
         self.model_id = model_id
-        self.streams_results = streams
+        self.capabilities = EngineCapabilities(streams_results=streams)
         self.calls: list[tuple[str, int, int]] = []  # (content, sample index, seed)
         self.fail = dict(fail or {})  # sample index -> list of finish reasons to return first
         self.fail_after = fail_after  # raise after this many samples
@@ -66,7 +66,7 @@ class FakeBackend:
 
 
 def req(content="What is 2+2?", n=1, offset=0, seed=0, tag="critic", **kw):
-    return Request(messages=({"role": "user", "content": content},), sampling=SamplingConfig(seed=seed, **kw),
+    return Request(messages=({"role": "user", "content": content},), sampling=SamplingParams(seed=seed, **kw),
                    n=n, sample_offset=offset, tag=tag)
 
 

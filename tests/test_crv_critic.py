@@ -7,7 +7,7 @@ import random
 import pytest
 
 from cogpo_kit.crv.agents import agents_on
-from cogpo_kit.crv.config import AgentConfig, CRVConfig
+from cogpo_kit.crv.config import AgentParams, CRVParams
 from cogpo_kit.crv.critic import ask_label, decide, full_vote_label
 from cogpo_kit.crv.scheduler import CRVError, Scheduler, gather
 from cogpo_kit.engines.base import Completion, Request
@@ -25,7 +25,7 @@ def table_responder(table):
 
 
 def run_questions(engine, questions, *, votes, early_exit, constrained=True, max_reasks=2):
-    crv = CRVConfig(critic=AgentConfig(constrained=constrained, max_reasks=max_reasks), votes=votes)
+    crv = CRVParams(critic=AgentParams(constrained=constrained, max_reasks=max_reasks), votes=votes)
     agents = agents_on(engine, crv, roles=("critic",))
     critic = agents.role("critic")
     jobs = [ask_label(critic, ({"role": "system", "content": "S"}, {"role": "user", "content": q}),
@@ -115,7 +115,7 @@ def test_decide():
 
 def test_one_generate_call_per_engine_per_round_and_gather():
     engine = ScriptedEngine(lambda req, i: "YES")
-    agents = agents_on(engine, CRVConfig(), roles=("critic", "verifier"))
+    agents = agents_on(engine, CRVParams(), roles=("critic", "verifier"))
     critic, verifier = agents.role("critic"), agents.role("verifier")
     msgs = ({"role": "system", "content": "S"}, {"role": "user", "content": "u"})
 
@@ -131,7 +131,7 @@ def test_one_generate_call_per_engine_per_round_and_gather():
 
 def test_sequential_mode_asks_one_sample_at_a_time():
     engine = ScriptedEngine(lambda req, i: "easy")
-    crv = CRVConfig()
+    crv = CRVParams()
     agents = agents_on(engine, crv, roles=("critic",))
     msgs = ({"role": "system", "content": "S"}, {"role": "user", "content": "u"})
     res = Scheduler(agents, sequential=True).run([ask_label(agents.role("critic"), msgs, votes=3, early_exit=False)])
@@ -142,7 +142,7 @@ def test_an_engine_failing_names_the_roles_and_round():
     def respond(req, i):
         return RuntimeError("server went away")
 
-    agents = agents_on(ScriptedEngine(respond), CRVConfig(), roles=("critic",))
+    agents = agents_on(ScriptedEngine(respond), CRVParams(), roles=("critic",))
     msgs = ({"role": "system", "content": "S"}, {"role": "user", "content": "u"})
     with pytest.raises(CRVError, match=r"critic failed in round 1 .*server went away"):
         Scheduler(agents).run([ask_label(agents.role("critic"), msgs, votes=3)])
@@ -185,7 +185,7 @@ def test_streaming_asks_a_third_vote_as_soon_as_its_question_is_split(tmp_path):
              ("three", 0): "easy", ("three", 1): "hard", ("three", 2): "medium"}
     backend = ScriptedEngine(table_responder(table), accepts_more=True)
     engine = CachedEngine(backend, tmp_path / "c.sqlite", show_progress=False)
-    crv = CRVConfig(votes=3)
+    crv = CRVParams(votes=3)
     agents = agents_on(engine, crv, roles=("critic",))
     critic = agents.role("critic")
     jobs = [ask_label(critic, ({"role": "system", "content": "S"}, {"role": "user", "content": q}), votes=3,
@@ -210,7 +210,7 @@ def test_a_streaming_engine_failing_names_the_roles_and_keeps_answers(tmp_path):
         return RuntimeError("server went away") if len(seen) > 2 else "easy"
 
     engine = CachedEngine(ScriptedEngine(respond, accepts_more=True), tmp_path / "c.sqlite", show_progress=False)
-    agents = agents_on(engine, CRVConfig(), roles=("critic",))
+    agents = agents_on(engine, CRVParams(), roles=("critic",))
     msgs = ({"role": "system", "content": "S"}, {"role": "user", "content": "u"})
     with pytest.raises(CRVError, match=r"critic failed with 1 of 2 workflows unfinished.*server went away.*rerun"):
         Scheduler(agents).run([ask_label(agents.role("critic"), msgs + ({"role": "user", "content": str(k)},),
@@ -221,7 +221,7 @@ def test_a_streaming_engine_failing_names_the_roles_and_keeps_answers(tmp_path):
 def test_a_workflow_error_while_streaming_comes_out_unchanged(tmp_path):
     engine = CachedEngine(ScriptedEngine(lambda req, i: "easy", accepts_more=True), tmp_path / "c.sqlite",
                           show_progress=False)
-    agents = agents_on(engine, CRVConfig(), roles=("critic",))
+    agents = agents_on(engine, CRVParams(), roles=("critic",))
     msgs = ({"role": "system", "content": "S"}, {"role": "user", "content": "u"})
 
     def broken():

@@ -112,6 +112,7 @@ def _paid(out: Path) -> int:
     return total
 
 
+@pytest.mark.builds_model
 def test_killed_three_times_then_rerun_gives_identical_outputs(tmp_path):
     ref = tmp_path / "ref"
     _run(ref, tmp_path / "ref.log")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
 import pytest
 
 from cogpo_kit.answers.response import FINAL_LINE
 from cogpo_kit.crv.agents import ROLES, agents_on
-from cogpo_kit.crv.config import CRVConfig
+from cogpo_kit.crv.config import CRVParams
 from cogpo_kit.crv.rethink import Rethink, incorrect_row, sft_row
 from cogpo_kit.crv.scheduler import Scheduler
 from cogpo_kit.crv.studies import ModelCoT, equal_level_subsets, rate_models
@@ -50,12 +49,12 @@ def by_index(*outputs):
 def test_medium_is_verified_and_kept_or_discarded():
     for verdict, kept, reason in (("YES", True, None), ("NO", False, "medium_verifier_no")):
         script = Script(verifier=lambda r, i, v=verdict: v)
-        (out,), _ = run(script, CRVConfig(), lambda rt: [rt.example(REC, "medium")])
+        (out,), _ = run(script, CRVParams(), lambda rt: [rt.example(REC, "medium")])
         assert out.kept is kept and out.reason == reason
         assert out.attempts[0]["verification"]["verdict"] == verdict
         assert [r for r, _, _ in script.log["verifier"]] == ["3+4=7"]
     script = Script()
-    (out,), _ = run(script, CRVConfig(verify_medium=False), lambda rt: [rt.example(REC, "medium")])
+    (out,), _ = run(script, CRVParams(verify_medium=False), lambda rt: [rt.example(REC, "medium")])
     assert out.kept and out.attempts[0]["outcome"] == "kept_unverified" and not script.log
 
 
@@ -65,7 +64,7 @@ def test_failed_attempt_goes_back_to_the_rethinker_with_a_new_sample_index():
         verifier=lambda r, i: "NO" if r.startswith("First") else "YES",
         critic=lambda r, i: "medium",
     )
-    (out,), _ = run(script, CRVConfig(), lambda rt: [rt.example(REC, "easy")])
+    (out,), _ = run(script, CRVParams(), lambda rt: [rt.example(REC, "easy")])
     assert out.kept and out.origin == "easy*" and out.attempt == 2
     assert [i for _, i, _ in script.log["expand"]] == [0, 1]
     assert all(r == "3+4=7" for r, _, _ in script.log["expand"])  # always rewrites the original
@@ -85,7 +84,7 @@ def test_rerated_not_medium_and_wrong_answers_fail_until_discarded():
         verifier=lambda r, i: "YES",
         critic=lambda r, i: "hard" if "Long" in r else "medium",
     )
-    (out,), _ = run(script, CRVConfig(max_attempts=3, check_final_answer=True), lambda rt: [rt.example(REC, "hard")])
+    (out,), _ = run(script, CRVParams(max_attempts=3, check_final_answer=True), lambda rt: [rt.example(REC, "hard")])
     assert not out.kept and out.reason == "max_attempts"
     assert [a["outcome"] for a in out.attempts] == ["rerated_hard", "wrong_final_answer", "rerated_hard"]
     # the wrong-answer rewrite never reached the Verifier
@@ -98,14 +97,14 @@ def test_empty_and_error_rewrites_are_counted_attempts():
     script = Script(expand=by_index("", Completion(text="", finish_reason="error", error="timeout"),
                                     "He has 3 + 4 = 7 apples."),
                     verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
-    (out,), _ = run(script, CRVConfig(), lambda rt: [rt.example(REC, "easy")])
+    (out,), _ = run(script, CRVParams(), lambda rt: [rt.example(REC, "easy")])
     assert [a["outcome"] for a in out.attempts] == ["empty_rewrite", "rethinker_error", "kept"]
     assert out.attempts[1]["error"] == "timeout"
 
 
 def test_garbage_labels_are_reasked_then_fail_the_attempt():
     script = Script(expand=lambda r, i: "He has 3 + 4 = 7 apples.", verifier=lambda r, i: "Banana")
-    crv = CRVConfig(verifier=CRVConfig().verifier.__class__(constrained=False, max_reasks=2), max_attempts=1)
+    crv = CRVParams(verifier=CRVParams().verifier.__class__(constrained=False, max_reasks=2), max_attempts=1)
     (out,), _ = run(script, crv, lambda rt: [rt.example(REC, "easy")])
     assert out.attempts[0]["outcome"] == "verifier_invalid" and out.reason == "max_attempts"
     assert [i for _, i, _ in script.log["verifier"]] == [0, 1, 2]
@@ -114,7 +113,7 @@ def test_garbage_labels_are_reasked_then_fail_the_attempt():
 @pytest.mark.parametrize("ablation", ["C", "CR", "CRV"])
 def test_ablations(ablation):
     script = Script(expand=lambda r, i: "He has 3 + 4 = 8 apples.", verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
-    crv = CRVConfig(ablation=ablation, check_final_answer=True)
+    crv = CRVParams(ablation=ablation, check_final_answer=True)
     outs, _ = run(script, crv, lambda rt: [rt.example(REC, "medium"), rt.example(REC, "easy")])
     medium, easy = outs
     assert medium.kept
@@ -136,7 +135,7 @@ def test_student_solve_verifier_mode_follows_the_cot_without_the_answer():
         student=lambda r, i: "Following it: \\boxed{7}" if "good" in r else "I get \\boxed{12}",
         critic=lambda r, i: "medium",
     )
-    (out,), _ = run(script, CRVConfig(verifier_mode="student_solve"), lambda rt: [rt.example(REC, "easy")])
+    (out,), _ = run(script, CRVParams(verifier_mode="student_solve"), lambda rt: [rt.example(REC, "easy")])
     assert out.kept and out.attempt == 2
     v = out.attempts[0]["verification"]
     assert v["mode"] == "student_solve" and v["verdict"] == "NO" and v["student_answer"] == "12"
@@ -147,7 +146,7 @@ def test_student_solve_verifier_mode_follows_the_cot_without_the_answer():
 
 def test_incorrect_cot_must_not_reach_the_gold_answer():
     script = Script(corrupt=by_index("He has 3 + 4 = 7 apples.", "3*4 = 12, so the answer is 12", "unused"))
-    (out,), _ = run(script, CRVConfig(incorrect_check="answer_differs"), lambda rt: [rt.incorrect(REC)])
+    (out,), _ = run(script, CRVParams(incorrect_check="answer_differs"), lambda rt: [rt.incorrect(REC)])
     assert out.found and out.attempt == 2 and out.reached == "12"
     assert [a["outcome"] for a in out.attempts] == ["reaches_gold", "kept"]
     row = incorrect_row(REC, out, "easy")
@@ -158,7 +157,7 @@ def test_incorrect_cot_must_not_reach_the_gold_answer():
 def test_incorrect_cot_as_the_paper_makes_it_is_not_checked():
     """Paper (Table 13 prompt, Tables 11-12): the corrupted CoT is kept as written, even when it reaches the gold."""
     script = Script(corrupt=by_index("He has 3 + 4 = 7 apples.", "unused"), verifier=lambda r, i: "YES")
-    (out,), _ = run(script, CRVConfig(), lambda rt: [rt.incorrect(REC)])
+    (out,), _ = run(script, CRVParams(), lambda rt: [rt.incorrect(REC)])
     assert out.found and out.attempt == 1 and out.reached == "7" and "verifier" not in script.log
     assert [a["outcome"] for a in out.attempts] == ["kept_unchecked"]
     assert incorrect_row(REC, out, "easy")["response"].endswith(FINAL_LINE.format(answer="7"))
@@ -167,16 +166,16 @@ def test_incorrect_cot_as_the_paper_makes_it_is_not_checked():
 def test_incorrect_cot_optional_verifier_no_and_exhaustion():
     script = Script(corrupt=by_index("He has 3 - 4 = -1 apples.", "Nothing numeric here", "He has 3 * 4 = 12 apples."),
                     verifier=lambda r, i: "YES" if "-1" in r else "NO")
-    (out,), _ = run(script, CRVConfig(incorrect_check="verifier_no"), lambda rt: [rt.incorrect(REC)])
+    (out,), _ = run(script, CRVParams(incorrect_check="verifier_no"), lambda rt: [rt.incorrect(REC)])
     assert [a["outcome"] for a in out.attempts] == ["verifier_yes", "no_final_answer", "kept"]
     script = Script(corrupt=lambda r, i: "He has 3 + 4 = 7 apples.")
-    (out,), _ = run(script, CRVConfig(incorrect_max_attempts=2, incorrect_check="answer_differs"),
+    (out,), _ = run(script, CRVParams(incorrect_max_attempts=2, incorrect_check="answer_differs"),
                     lambda rt: [rt.incorrect(REC)])
     assert not out.found and out.reason == "max_attempts" and len(out.attempts) == 2
 
 
 def test_no_critic_label_is_a_counted_discard():
-    (out,), engine = run(Script(), CRVConfig(), lambda rt: [rt.example(REC, None, "no_majority")])
+    (out,), engine = run(Script(), CRVParams(), lambda rt: [rt.example(REC, None, "no_majority")])
     assert not out.kept and out.reason == "critic_no_majority" and engine.calls == 0
 
 
@@ -197,7 +196,7 @@ def test_rate_models_tabulates_levels_per_model():
         return "hard" if "long" in r else ("easy" if "short" in r else "medium")
 
     engine = ScriptedEngine(lambda req, i: critic(reasoning_of(req), i))
-    agents = agents_on(engine, CRVConfig(), roles=("critic",))
+    agents = agents_on(engine, CRVParams(), roles=("critic",))
     items = [ModelCoT("1.5B", "p1", "short"), ("1.5B", "p2", "short"), ("1.5B", "p3", "ok"),
              {"model": "32B", "problem": "p1", "cot": "long long"}, ("32B", "p2", "ok", "4")]
     out = rate_models(items, agents)
@@ -214,7 +213,7 @@ def test_truncated_or_unclosed_outputs_never_become_data():
     cut = Completion(text="Tom has 3 apples and then he", finish_reason="length", completion_tokens=8)
     script = Script(expand=by_index(cut, "He has 3 + 4 = 7 apples."), corrupt=by_index(cut, "3 * 4 = 12."),
                     verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
-    outs, _ = run(script, CRVConfig(), lambda rt: [rt.example(REC, "easy"), rt.incorrect(REC)])
+    outs, _ = run(script, CRVParams(), lambda rt: [rt.example(REC, "easy"), rt.incorrect(REC)])
     easy, inc = outs
     assert [a["outcome"] for a in easy.attempts] == ["truncated", "kept"] and easy.attempt == 2
     assert [a["outcome"] for a in inc.attempts] == ["truncated", "kept_unchecked"] and inc.reached == "12"
@@ -222,10 +221,10 @@ def test_truncated_or_unclosed_outputs_never_become_data():
 
 
 def test_a_reasoning_agent_whose_thinking_never_closed_fails_its_attempt():
-    from cogpo_kit.engines.config import EngineConfig
+    from cogpo_kit.engines.config import EngineParams
 
-    thinking = CRVConfig().rethinker.__class__(engine=EngineConfig(thinking_end="</think>"))
-    crv = CRVConfig(rethinker=thinking)
+    thinking = CRVParams().rethinker.__class__(engine=EngineParams(thinking_end="</think>"))
+    crv = CRVParams(rethinker=thinking)
     script = Script(expand=by_index("<think>Let me expand this, 3 + 4", "<think>ok</think>He has 3 + 4 = 7 apples."),
                     verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
     (out,), _ = run(script, crv, lambda rt: [rt.example(REC, "easy")])
@@ -263,7 +262,7 @@ def test_code_rewrite_without_tests_is_kept_and_the_skipped_gate_counted(tmp_pat
     rec = bespoke_code_record(tmp_path)
     rewrite = "First read the two numbers, then add them.\n\n" + CODE_SOLUTION
     script = Script(expand=lambda r, i: rewrite, verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
-    crv = CRVConfig(check_final_answer=True)
+    crv = CRVParams(check_final_answer=True)
     (out,), _ = run(script, crv, lambda rt: [rt.example(rec, "easy")])
     assert out.kept and out.attempt == 1 and out.attempts[0]["gate"] == "skipped_code_without_tests"
     row = sft_row(rec, out)
@@ -281,6 +280,6 @@ def test_code_rewrite_runs_against_the_row_tests(tmp_path):
     wrong = "Subtract them.\n\n" + CODE_SOLUTION.replace("a + b", "a - b")
     right = "Add them.\n\n" + CODE_SOLUTION
     script = Script(expand=by_index(wrong, right), verifier=lambda r, i: "YES", critic=lambda r, i: "medium")
-    (out,), _ = run(script, CRVConfig(check_final_answer=True), lambda rt: [rt.example(rec, "easy")])
+    (out,), _ = run(script, CRVParams(check_final_answer=True), lambda rt: [rt.example(rec, "easy")])
     assert [a["outcome"] for a in out.attempts] == ["tests_failed", "kept"]
     assert out.attempts[1]["gate"] == "tests_passed" and out.reasoning == right

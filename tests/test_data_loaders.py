@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cogpo_kit.data import loaders
-from cogpo_kit.data.config import DataConfig
+from cogpo_kit.data.config import DataParams
 from cogpo_kit.data.loaders import load_cot
 from cogpo_kit.data.parsers import last_boxed
 from cogpo_kit.io import DataError
@@ -48,7 +48,7 @@ def test_gsm8k_parsing_removes_annotations_and_splits_answer(tmp_path):
         {"question": "How many?", "answer": "She has 2*3 = <<2*3=6>>6 apples.\nThen 6*500 = <<6*500=3000>>3000.\n#### 3,000"},
         {"question": "And now?", "answer": "Add 1 + 1 = <<1+1=2>>2.\n####  2 "},
     ])
-    recs, rep = load_cot(DataConfig(source="gsm8k_train", path=str(f), shuffle=False))
+    recs, rep = load_cot(DataParams(source="gsm8k_train", path=str(f), shuffle=False))
     assert [r.id for r in recs] == ["gsm8k-train-0", "gsm8k-train-1"]
     assert recs[0].problem == "How many?"
     assert recs[0].answer == "3000"
@@ -62,12 +62,12 @@ def test_gsm8k_parsing_removes_annotations_and_splits_answer(tmp_path):
 def test_gsm8k_without_hash_line_is_bad_format(tmp_path):
     f = write_jsonl(tmp_path / "train.jsonl", [{"question": "Q", "answer": "no final line"}])
     with pytest.raises(DataError) as ei:
-        load_cot(DataConfig(source="gsm8k_train", path=str(f)))
+        load_cot(DataParams(source="gsm8k_train", path=str(f)))
     assert ei.value.line == 1 and ei.value.field == "answer" and "####" in str(ei.value)
 
 
 def test_shipped_gsm8k_train():
-    recs, rep = load_cot(DataConfig(source="gsm8k_train", shuffle=False))
+    recs, rep = load_cot(DataParams(source="gsm8k_train", shuffle=False))
     assert rep.read == rep.valid == rep.kept == 7473 and rep.n_rejected == 0
     first = recs[0]
     assert first.id == "gsm8k-train-0" and first.answer == "72"
@@ -80,7 +80,7 @@ def test_shipped_gsm8k_train():
 # ---------------------------------------------------------------- LIMO
 
 def test_shipped_limo_traces():
-    recs, rep = load_cot(DataConfig(source="limo", shuffle=False))
+    recs, rep = load_cot(DataParams(source="limo", shuffle=False))
     assert rep.read == rep.valid == 291
     assert all(re.fullmatch(r"limo-\d+", r.id) for r in recs)
     assert recs[0].id == "limo-3" and recs[0].answer == "841"
@@ -97,7 +97,7 @@ def test_file_with_field_mapping_and_generated_ids(tmp_path):
         {"q": "What is 2+2?", "cot": "2+2 is 4.", "final": 4, "level": 1},
         {"q": "What is 0.5*3?", "cot": "Half of 3.", "final": 1.5, "level": 2},
     ])
-    cfg = DataConfig(source="file", path=str(f), fields={"problem": "q", "reasoning": "cot", "answer": "final"},
+    cfg = DataParams(source="file", path=str(f), fields={"problem": "q", "reasoning": "cot", "answer": "final"},
                      shuffle=False)
     recs, rep = load_cot(cfg)
     assert [r.id for r in recs] == ["mine-0", "mine-1"]
@@ -110,7 +110,7 @@ def test_file_mapped_id_must_be_present(tmp_path):
     f = write_jsonl(tmp_path / "x.jsonl", [{"uid": 7, "problem": "p", "answer": "a", "reasoning": "r"},
                                            {"problem": "p2", "answer": "a", "reasoning": "r"}])
     with pytest.raises(DataError) as ei:
-        load_cot(DataConfig(source="file", path=str(f), fields={"id": "uid"}))
+        load_cot(DataParams(source="file", path=str(f), fields={"id": "uid"}))
     assert (ei.value.line, ei.value.field) == (2, "uid")
     assert "read as 'id'" in str(ei.value)
 
@@ -120,7 +120,7 @@ def test_json_array_reports_element_start_lines(tmp_path):
     rows[2]["answer"] = {"value": 2}
     f = tmp_path / "arr.json"
     f.write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    recs, rep = load_cot(DataConfig(source="file", path=str(f), shuffle=False, on_invalid="reject"))
+    recs, rep = load_cot(DataParams(source="file", path=str(f), shuffle=False, on_invalid="reject"))
     assert [r.id for r in recs] == ["0", "1"]
     text = f.read_text().splitlines()
     bad = rep.rejects[0]
@@ -132,7 +132,7 @@ def test_json_array_that_does_not_parse_names_the_line(tmp_path):
     f = tmp_path / "arr.json"
     f.write_text('[\n {"problem": "p", "answer": "a", "reasoning": "r"},\n {"problem": "q",,}\n]\n')
     with pytest.raises(DataError) as ei:
-        load_cot(DataConfig(source="file", path=str(f), on_invalid="reject"))
+        load_cot(DataParams(source="file", path=str(f), on_invalid="reject"))
     assert ei.value.line == 3
 
 
@@ -141,7 +141,7 @@ def test_parquet_file(tmp_path):
                       "tags": [["x"], ["y", "z"]]})
     f = tmp_path / "d.parquet"
     pq.write_table(table, f)
-    recs, rep = load_cot(DataConfig(source="file", path=str(f), shuffle=False))
+    recs, rep = load_cot(DataParams(source="file", path=str(f), shuffle=False))
     assert [(r.id, r.answer) for r in recs] == [("10", "1.0"), ("11", "2.5")]
     assert recs[1].meta == {"tags": ["y", "z"]}
 
@@ -149,16 +149,16 @@ def test_parquet_file(tmp_path):
 def test_unsupported_and_missing_files(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type '.csv'"):
-        load_cot(DataConfig(source="file", path=str(tmp_path / "x.csv")))
+        load_cot(DataParams(source="file", path=str(tmp_path / "x.csv")))
     with pytest.raises(DataError, match="file not found"):
-        load_cot(DataConfig(source="file", path=str(tmp_path / "nope.jsonl")))
+        load_cot(DataParams(source="file", path=str(tmp_path / "nope.jsonl")))
 
 
 # ---------------------------------------------------------------- conversations (Bespoke / OpenThoughts / Sky-T1)
 
 def test_bespoke_stratos_local_export(tmp_path):
     f = write_jsonl(tmp_path / "stratos.jsonl", STRATOS_ROWS)
-    recs, rep = load_cot(DataConfig(source="bespoke_stratos", path=str(f), shuffle=False))
+    recs, rep = load_cot(DataParams(source="bespoke_stratos", path=str(f), shuffle=False))
     assert rep.valid == 3 and rep.paths == [str(f)]
     r0, r1, r2 = recs
     assert r0.id == "bespoke_stratos-0" and r0.source == "bespoke_stratos"
@@ -213,7 +213,7 @@ BESPOKE_ROWS = [
 
 def test_bespoke_answer_format_instruction_is_stripped_and_counted(tmp_path):
     f = write_jsonl(tmp_path / "bespoke.jsonl", BESPOKE_ROWS)
-    recs, rep = load_cot(DataConfig(source="bespoke_stratos", path=str(f), shuffle=False))
+    recs, rep = load_cot(DataParams(source="bespoke_stratos", path=str(f), shuffle=False))
     math, stdin, function, science, quoting = recs
     assert math.problem == MATH_PROBLEM and math.answer == "A"
     # a code row's instruction says what program to write (stdin or a function body): it stays
@@ -232,7 +232,7 @@ def test_bespoke_answer_format_instruction_is_stripped_and_counted(tmp_path):
 
 def test_stripping_can_be_turned_off(tmp_path):
     f = write_jsonl(tmp_path / "bespoke.jsonl", BESPOKE_ROWS)
-    recs, rep = load_cot(DataConfig(source="bespoke_stratos", path=str(f), shuffle=False,
+    recs, rep = load_cot(DataParams(source="bespoke_stratos", path=str(f), shuffle=False,
                                     strip_format_instructions=False))
     assert [r.problem for r in recs] == [r["conversations"][0]["value"] for r in BESPOKE_ROWS]
     assert rep.stripped == 0 and rep.stripped_by_instruction == {}
@@ -243,7 +243,7 @@ def test_openthoughts_parquet_counts_the_valid_rows_before_the_limit(tmp_path):
     # OpenThoughts-114k's default config: the same system + conversations rows, parquet shards
     (tmp_path / "data").mkdir()
     pq.write_table(pa.Table.from_pylist(BESPOKE_ROWS), tmp_path / "data" / "train-00000-of-00001.parquet")
-    recs, rep = load_cot(DataConfig(source="openthoughts", path=str(tmp_path), limit=2, seed=3))
+    recs, rep = load_cot(DataParams(source="openthoughts", path=str(tmp_path), limit=2, seed=3))
     assert rep.stripped == 1 and rep.kept == 2  # counted over the valid rows, before the limit
     assert all(not r.problem.startswith("Return your final") for r in recs)
 
@@ -258,7 +258,7 @@ def test_sky_t1_variants_and_trailing_instructions(tmp_path):
                     "as your final response. Which is prime?\nA) 4, B) 6, C) 7, D) 9", "7 is.", "\\boxed{C}"),
     ]
     f = write_jsonl(tmp_path / "sky.jsonl", rows)
-    recs, rep = load_cot(DataConfig(source="sky_t1", path=str(f), shuffle=False))
+    recs, rep = load_cot(DataParams(source="sky_t1", path=str(f), shuffle=False))
     assert [r.problem for r in recs] == ["What is 2+3?", "What is 2+4?", "What is 2+5?",
                                          "Which is prime?\nA) 4, B) 6, C) 7, D) 9"]
     assert rep.stripped_by_instruction == {"boxed": 1, "boxed_trailing": 1, "step_by_step_boxed": 1,
@@ -268,7 +268,7 @@ def test_sky_t1_variants_and_trailing_instructions(tmp_path):
 def test_a_problem_that_is_only_the_instruction_is_rejected(tmp_path):
     f = write_jsonl(tmp_path / "b.jsonl", [BESPOKE_ROWS[0],
                                            bespoke_row("Return your final response within \\boxed{}. ", "t", "s")])
-    recs, rep = load_cot(DataConfig(source="bespoke_stratos", path=str(f), on_invalid="reject"))
+    recs, rep = load_cot(DataParams(source="bespoke_stratos", path=str(f), on_invalid="reject"))
     assert len(recs) == 1 and rep.rejected == {"empty_field": 1} and rep.stripped == 1
     assert "only an answer-format instruction" in rep.rejects[0].message and rep.rejects[0].line == 2
 
@@ -303,7 +303,7 @@ def test_openthoughts_parquet_folder(tmp_path):
     pq.write_table(pa.Table.from_pylist(STRATOS_ROWS[:2]), tmp_path / "data" / "train-00000-of-00002.parquet")
     pq.write_table(pa.Table.from_pylist(STRATOS_ROWS[2:]), tmp_path / "data" / "train-00001-of-00002.parquet")
     (tmp_path / "README.md").write_text("card")
-    recs, rep = load_cot(DataConfig(source="openthoughts", path=str(tmp_path), shuffle=False))
+    recs, rep = load_cot(DataParams(source="openthoughts", path=str(tmp_path), shuffle=False))
     assert [r.answer for r in recs] == ["\\frac{1}{2}", "def f():\n    print('hi')", "2"]
     assert [r.id for r in recs] == ["openthoughts-0", "openthoughts-1", "openthoughts-2"]
     assert (rep.read, rep.valid, rep.n_rejected) == (3, 3, 0)
@@ -318,7 +318,7 @@ def test_sky_t1_json_array_and_role_content_and_think_tags(tmp_path):
     ]
     f = tmp_path / "Sky-T1_data_17k.json"
     f.write_text(json.dumps(rows), encoding="utf-8")
-    recs, _ = load_cot(DataConfig(source="sky_t1", path=str(f), shuffle=False))
+    recs, _ = load_cot(DataParams(source="sky_t1", path=str(f), shuffle=False))
     assert [(r.problem, r.answer, r.reasoning) for r in recs] == [("2+3?", "**5**", "2+3=5"),
                                                                  ("3+3?", "6", "three and three")]
     assert recs[1].meta["solution"] == "So \\boxed{6}."
@@ -334,7 +334,7 @@ def test_sky_t1_json_array_and_role_content_and_think_tags(tmp_path):
 ])
 def test_conversation_format_problems(tmp_path, conv, reason, text):
     f = write_jsonl(tmp_path / "c.jsonl", [STRATOS_ROWS[0], {"conversations": conv}])
-    recs, rep = load_cot(DataConfig(source="bespoke_stratos", path=str(f), on_invalid="reject"))
+    recs, rep = load_cot(DataParams(source="bespoke_stratos", path=str(f), on_invalid="reject"))
     assert rep.valid == 1 and rep.rejected == {reason: 1}
     bad = rep.rejects[0]
     assert (bad.line, bad.field) == (2, "conversations") and text in bad.message
@@ -346,7 +346,7 @@ def test_hub_name_without_hub_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(loaders, "_hub_reachable", lambda timeout=3.0: False)
     before = datasets.config.HF_HUB_OFFLINE
     with pytest.raises(DataError) as ei:
-        load_cot(DataConfig(source="bespoke_stratos"))
+        load_cot(DataParams(source="bespoke_stratos"))
     msg = str(ei.value)
     assert "bespokelabs/Bespoke-Stratos-17k" in msg and "data.path" in msg and "no hub is reachable" in msg
     assert datasets.config.HF_HUB_OFFLINE == before  # offline switch restored
@@ -360,30 +360,30 @@ def _numbers_file(tmp_path, n=50):
 
 def test_shuffle_with_seed_then_limit(tmp_path):
     f = str(_numbers_file(tmp_path))
-    a, rep = load_cot(DataConfig(source="file", path=f, seed=1, limit=10))
-    b, _ = load_cot(DataConfig(source="file", path=f, seed=1, limit=10))
-    c, _ = load_cot(DataConfig(source="file", path=f, seed=2, limit=10))
-    ordered, _ = load_cot(DataConfig(source="file", path=f, shuffle=False, limit=10))
+    a, rep = load_cot(DataParams(source="file", path=f, seed=1, limit=10))
+    b, _ = load_cot(DataParams(source="file", path=f, seed=1, limit=10))
+    c, _ = load_cot(DataParams(source="file", path=f, seed=2, limit=10))
+    ordered, _ = load_cot(DataParams(source="file", path=f, shuffle=False, limit=10))
     assert [r.id for r in a] == [r.id for r in b] != [r.id for r in c]
     assert [r.id for r in ordered] == [f"n-{i}" for i in range(10)]
     assert (rep.read, rep.valid, rep.kept) == (50, 50, 10)
-    every, _ = load_cot(DataConfig(source="file", path=f, seed=1))
+    every, _ = load_cot(DataParams(source="file", path=f, seed=1))
     assert [r.id for r in every][:10] == [r.id for r in a] and len(every) == 50
 
 
 def test_limit_counts_valid_rows_only(tmp_path):
     f = write_jsonl(tmp_path / "m.jsonl", [{"problem": "", "answer": 1, "reasoning": "r"}] * 5
                     + [{"problem": f"p{i}", "answer": i, "reasoning": "r"} for i in range(3)])
-    recs, rep = load_cot(DataConfig(source="file", path=str(f), limit=3, on_invalid="reject"))
+    recs, rep = load_cot(DataParams(source="file", path=str(f), limit=3, on_invalid="reject"))
     assert len(recs) == 3 and rep.rejected == {"empty_field": 5}
 
 
 @pytest.mark.parametrize("cfg, text", [
-    (DataConfig(source="nope"), "unknown data source 'nope'"),
-    (DataConfig(source="file"), "needs data.path"),
-    (DataConfig(source="limo", fields={"problem": "q"}), "applies to source 'file' only"),
-    (DataConfig(source="file", path="x.jsonl", fields={"question": "q"}), "unknown field"),
-    (DataConfig(source="limo", limit=-1), "data.limit"),
+    (DataParams(source="nope"), "unknown data source 'nope'"),
+    (DataParams(source="file"), "needs data.path"),
+    (DataParams(source="limo", fields={"problem": "q"}), "applies to source 'file' only"),
+    (DataParams(source="file", path="x.jsonl", fields={"question": "q"}), "unknown field"),
+    (DataParams(source="limo", limit=-1), "data.limit"),
 ])
 def test_config_errors(cfg, text):
     with pytest.raises(DataError, match=re.escape(text)):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cogpo_kit.data.config import DataConfig
+from cogpo_kit.data.config import DataParams
 from cogpo_kit.data.loaders import load_cot
 from cogpo_kit.io import DataError, read_jsonl
 
@@ -55,7 +55,7 @@ BAD_CASES = [
 def test_error_mode_names_file_line_and_field(tmp_path, bad, reason, field, words):
     f = write_lines(tmp_path / "d.jsonl", [GOOD, row(id="fine"), bad, row(id="after")])
     with pytest.raises(DataError) as ei:
-        load_cot(DataConfig(source="file", path=str(f), on_invalid="error"))
+        load_cot(DataParams(source="file", path=str(f), on_invalid="error"))
     err = ei.value
     assert err.path == str(f) and err.line == 3 and err.field == field
     msg = str(err)
@@ -68,7 +68,7 @@ def test_error_mode_names_file_line_and_field(tmp_path, bad, reason, field, word
 def test_reject_mode_writes_the_row_with_its_reason(tmp_path, bad, reason, field, words):
     f = write_lines(tmp_path / "d.jsonl", [GOOD, row(id="fine"), bad, row(id="after")])
     out = tmp_path / "run" / "rejects.jsonl"
-    recs, rep = load_cot(DataConfig(source="file", path=str(f), on_invalid="reject", shuffle=False),
+    recs, rep = load_cot(DataParams(source="file", path=str(f), on_invalid="reject", shuffle=False),
                          rejects_path=out)
     assert [r.id for r in recs] == ["ok", "fine", "after"]
     assert (rep.read, rep.valid, rep.rejected) == (4, 3, {reason: 1})
@@ -82,7 +82,7 @@ def test_reject_mode_writes_the_row_with_its_reason(tmp_path, bad, reason, field
 
 def test_numeric_answers_and_ids_become_strings(tmp_path):
     f = write_lines(tmp_path / "d.jsonl", [row(id=1, answer=42), row(id=2, answer=0.5), row(id=3, answer=-3)])
-    recs, rep = load_cot(DataConfig(source="file", path=str(f), shuffle=False))
+    recs, rep = load_cot(DataParams(source="file", path=str(f), shuffle=False))
     assert [(r.id, r.answer) for r in recs] == [("1", "42"), ("2", "0.5"), ("3", "-3")]
 
 
@@ -90,7 +90,7 @@ def test_nan_answer_is_wrong_type(tmp_path):
     f = tmp_path / "d.jsonl"
     f.write_text('{"problem": "p", "answer": NaN, "reasoning": "r"}\n')
     with pytest.raises(DataError, match=r"line 1, field 'answer'.*nan"):
-        load_cot(DataConfig(source="file", path=str(f)))
+        load_cot(DataParams(source="file", path=str(f)))
 
 
 def test_many_problems_are_all_counted_and_nothing_is_dropped(tmp_path):
@@ -98,7 +98,7 @@ def test_many_problems_are_all_counted_and_nothing_is_dropped(tmp_path):
              b"{oops", row(id="ok"), row(id="ok"), row(id="d"), b"\xff\xfe", b"   "]
     f = write_lines(tmp_path / "d.jsonl", lines)
     out = tmp_path / "rejects.jsonl"
-    recs, rep = load_cot(DataConfig(source="file", path=str(f), on_invalid="reject"), rejects_path=out)
+    recs, rep = load_cot(DataParams(source="file", path=str(f), on_invalid="reject"), rejects_path=out)
     assert rep.read == 9  # the two blank lines hold no row
     assert rep.valid == 2 and rep.read == rep.valid + rep.n_rejected
     assert rep.rejected == {"wrong_type": 1, "empty_field": 1, "missing_field": 1, "bad_json": 1,
@@ -115,7 +115,7 @@ def test_rejects_file_is_written_atomically_and_even_when_empty(tmp_path):
     f = write_lines(tmp_path / "d.jsonl", [GOOD])
     out = tmp_path / "rejects.jsonl"
     out.write_text("stale\n")
-    load_cot(DataConfig(source="file", path=str(f), on_invalid="reject"), rejects_path=out)
+    load_cot(DataParams(source="file", path=str(f), on_invalid="reject"), rejects_path=out)
     assert out.read_text() == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "rejects.jsonl"]  # no temp file left
 
@@ -123,21 +123,21 @@ def test_rejects_file_is_written_atomically_and_even_when_empty(tmp_path):
 def test_error_mode_writes_no_rejects_file(tmp_path):
     f = write_lines(tmp_path / "d.jsonl", [GOOD])
     out = tmp_path / "rejects.jsonl"
-    recs, rep = load_cot(DataConfig(source="file", path=str(f), on_invalid="error"), rejects_path=out)
+    recs, rep = load_cot(DataParams(source="file", path=str(f), on_invalid="error"), rejects_path=out)
     assert len(recs) == 1 and not out.exists()
 
 
 def test_duplicates_across_gsm8k_style_sources_name_the_first_line(tmp_path):
     f = write_lines(tmp_path / "d.jsonl", [row(id="x"), row(id="y"), row(id="x")])
     with pytest.raises(DataError, match=r"line 3, field 'id': id 'x' already used at line 1"):
-        load_cot(DataConfig(source="file", path=str(f)))
+        load_cot(DataParams(source="file", path=str(f)))
 
 
 def test_source_field_names_are_reported_for_mapped_sources(tmp_path):
     f = tmp_path / "train.jsonl"
     f.write_text(json.dumps({"question": "", "answer": "x\n#### 1"}) + "\n")
     with pytest.raises(DataError) as ei:
-        load_cot(DataConfig(source="gsm8k_train", path=str(f)))
+        load_cot(DataParams(source="gsm8k_train", path=str(f)))
     assert ei.value.field == "question" and "read as 'problem'" in str(ei.value)
 
 
@@ -154,6 +154,6 @@ def test_counts_and_rejects_reach_the_given_logger(tmp_path):
     lg = logging.getLogger("test.data.stage")
     lg.setLevel(logging.INFO)
     lg.addHandler(Keep())
-    load_cot(DataConfig(source="file", path=str(f), on_invalid="reject"), logger=lg)
+    load_cot(DataParams(source="file", path=str(f), on_invalid="reject"), logger=lg)
     text = "\n".join(r.getMessage() for r in records)
     assert "read 2 rows" in text and "1 valid" in text and "line 2, field 'answer'" in text

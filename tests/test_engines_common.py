@@ -12,7 +12,7 @@ from cogpo_kit.engines import UnknownEngineError, build_engine, cache_key_extra
 from cogpo_kit.engines.base import ContextLengthError, EngineError
 from cogpo_kit.engines.common import (apply_stop, choices_grammar, fit_prompt, label_completion, parse_choice,
                                       sample_seed)
-from cogpo_kit.engines.config import CacheConfig, EngineConfig
+from cogpo_kit.engines.config import CacheParams, EngineParams
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -70,7 +70,7 @@ def test_fit_prompt_policies():
 
 
 def test_unknown_engine_lists_known():
-    cfg = EngineConfig()
+    cfg = EngineParams()
     object.__setattr__(cfg, "engine", "tensorrt")
     with pytest.raises(UnknownEngineError, match="unknown engine 'tensorrt'.*llamacpp, openai, transformers, vllm"):
         build_engine(cfg)
@@ -84,22 +84,22 @@ def test_vllm_absent_is_a_clear_error(tmp_path):
     except ImportError:
         pass
     with pytest.raises(EngineError, match="vllm package is not installed"):
-        build_engine(EngineConfig(engine="vllm"), cache_path=str(tmp_path / "c.sqlite"))
+        build_engine(EngineParams(engine="vllm"), cache_path=str(tmp_path / "c.sqlite"))
 
 
 def test_cache_path_precedence_and_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("COGPO_TEST_KEY", "sk-test")
-    cfg = EngineConfig(engine="openai", base_urls=("http://127.0.0.1:9/v1",), api_key_env="COGPO_TEST_KEY")
+    cfg = EngineParams(engine="openai", base_urls=("http://127.0.0.1:9/v1",), api_key_env="COGPO_TEST_KEY")
     eng = build_engine(cfg, cache_path=str(tmp_path / "arg.sqlite"), model="served-name")
     assert eng.path == tmp_path / "arg.sqlite" and eng.model_id == "openai:served-name"
     eng.close()
-    cfg2 = EngineConfig(engine="openai", base_urls=("http://127.0.0.1:9/v1",),
-                        cache=CacheConfig(path=str(tmp_path / "params.sqlite"), enabled=False))
+    cfg2 = EngineParams(engine="openai", base_urls=("http://127.0.0.1:9/v1",),
+                        cache=CacheParams(path=str(tmp_path / "params.sqlite"), enabled=False))
     eng2 = build_engine(cfg2, cache_path=str(tmp_path / "arg.sqlite"))
     assert eng2.path == tmp_path / "params.sqlite" and not eng2.enabled
     eng2.close()
-    assert cache_key_extra(EngineConfig()) == {}
-    assert cache_key_extra(EngineConfig(thinking_end="</think>", truncation="left")) == {
+    assert cache_key_extra(EngineParams()) == {}
+    assert cache_key_extra(EngineParams(thinking_end="</think>", truncation="left")) == {
         "thinking_end": "</think>", "max_thinking_tokens": 4096, "truncation": "left"}
 
 
@@ -129,7 +129,7 @@ def test_openmp_defaults_short_spin_unless_the_user_chose(monkeypatch):
 
 
 def test_common_prefix_lengths():
-    from cogpo_kit.engines.llamacpp import common_prefix
+    from cogpo_kit.engines.llamacpp_prompts import common_prefix
 
     a = list(range(700))
     for cut in (0, 1, 5, 256, 699):
@@ -142,7 +142,7 @@ def test_common_prefix_lengths():
 
 
 def test_prompt_store_drops_least_recently_used_beyond_budget():
-    from cogpo_kit.engines.llamacpp import PromptStore
+    from cogpo_kit.engines.llamacpp_prompts import PromptStore
 
     store = PromptStore(budget_bytes=100)
     store.add([1, 2], data=b"a", size=40)
@@ -157,3 +157,26 @@ def test_prompt_store_drops_least_recently_used_beyond_budget():
     one.add([1, 2], data=b"a", size=10)
     one.add([3, 4], data=b"b", size=10)
     assert [e.prompt for e in one] == [[3, 4]] and one.bytes == 10
+
+
+def test_engines_declare_capabilities_and_the_cache_passes_them_on():
+    from cogpo_kit.engines import BATCH_ONLY, EngineCapabilities, capabilities_of
+    from cogpo_kit.engines.cache import CachedEngine
+    from cogpo_kit.engines.hf import TransformersEngine
+    from cogpo_kit.engines.llamacpp import LlamaCppEngine
+    from cogpo_kit.engines.openai_http import OpenAIEngine
+    from cogpo_kit.engines.scripted import ScriptedEngine
+    from cogpo_kit.engines.vllm_engine import VLLMEngine
+
+    assert LlamaCppEngine.capabilities == EngineCapabilities(streams_results=True, accepts_more=True)
+    assert TransformersEngine.capabilities == OpenAIEngine.capabilities == EngineCapabilities(streams_results=True)
+    assert VLLMEngine.capabilities == BATCH_ONLY
+    assert capabilities_of(object()) == BATCH_ONLY  # an engine that declares nothing serves whole batches
+    open_batch = ScriptedEngine(lambda r, i: "x", accepts_more=True)
+    assert capabilities_of(open_batch) == EngineCapabilities(streams_results=True, accepts_more=True)
+    assert capabilities_of(CachedEngine(open_batch, None, show_progress=False)) == EngineCapabilities(
+        streams_requests=True)
+    closed = CachedEngine(ScriptedEngine(lambda r, i: "x"), None, show_progress=False)
+    assert closed.capabilities == BATCH_ONLY
+    with pytest.raises(EngineError, match="cannot take requests"):
+        closed.stream([], lambda i, c: None, lambda: [])

@@ -11,7 +11,7 @@ import pytest
 
 from cogpo_kit.engines import build_engine
 from cogpo_kit.engines.base import ContextLengthError, Request
-from cogpo_kit.engines.config import CacheConfig, EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import CacheParams, EngineParams, SamplingParams
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp")
@@ -47,7 +47,7 @@ def gsm8k(k: int) -> list[dict]:
 
 
 def critic_requests(k: int, n: int, max_tokens: int = 4) -> list[Request]:
-    sp = SamplingConfig(temperature=0.7, top_p=0.9, top_k=50, max_tokens=max_tokens)
+    sp = SamplingParams(temperature=0.7, top_p=0.9, top_k=50, max_tokens=max_tokens)
     return [Request(messages=({"role": "system", "content": CRITIC},
                               {"role": "user", "content": f"Problem: {r['problem']}\n\nReasoning process: "
                                                           f"{r['reasoning']}"}),
@@ -56,7 +56,7 @@ def critic_requests(k: int, n: int, max_tokens: int = 4) -> list[Request]:
 
 
 def verifier_requests(k: int, n: int) -> list[Request]:
-    sp = SamplingConfig(temperature=0.7, top_p=0.9, top_k=50, max_tokens=2)
+    sp = SamplingParams(temperature=0.7, top_p=0.9, top_k=50, max_tokens=2)
     return [Request(messages=({"role": "system", "content": VERIFIER},
                               {"role": "user", "content": f"Problem: {r['problem']}\n\nCorrect answer: {r['answer']}"
                                                           f"\n\nReasoning process: {r['reasoning']}"}),
@@ -65,13 +65,14 @@ def verifier_requests(k: int, n: int) -> list[Request]:
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    eng = build_engine(EngineConfig(engine="llamacpp", context_length=2048, batch_size=8),
+    eng = build_engine(EngineParams(engine="llamacpp", context_length=2048, batch_size=8),
                        cache_path=str(tmp_path_factory.mktemp("cache") / "c.sqlite"))
     eng.show_progress = False
     yield eng
     eng.close()
 
 
+@pytest.mark.builds_model
 def test_llamacpp_labels_always_choices_with_sampling(llama):
     assert llama.backend.weights == "f32" and llama.model_id.endswith("|f32")  # Q4_1 converted once (auto)
     out = llama.generate(critic_requests(3, 4) + verifier_requests(1, 3))
@@ -87,10 +88,11 @@ def test_llamacpp_labels_always_choices_with_sampling(llama):
     assert [c.choice for c in again[0][:4]] == [c.choice for c in out[0]]
 
 
+@pytest.mark.builds_model
 def test_llamacpp_free_text_stop_length_and_determinism(llama):
     base = llama.backend
     msgs = ({"role": "user", "content": "List five colours, one per line."},)
-    sp = SamplingConfig(temperature=0.8, max_tokens=12, seed=3)
+    sp = SamplingParams(temperature=0.8, max_tokens=12, seed=3)
     reqs = [Request(messages=msgs, sampling=sp, n=2), Request(messages=msgs, sampling=replace(sp, max_tokens=3))]
     a = base.generate(reqs)
     b = base.generate(reqs)
@@ -104,6 +106,7 @@ def test_llamacpp_free_text_stop_length_and_determinism(llama):
     assert alone.text == a[0][1].text
 
 
+@pytest.mark.builds_model
 def test_llamacpp_thinking_then_constrained_label(llama):
     eng = llama.backend
     old = eng.config
@@ -112,7 +115,7 @@ def test_llamacpp_thinking_then_constrained_label(llama):
         msgs = ({"role": "user", "content": "Is 17 + 25 = 42 easy, medium or hard for a child? Think briefly, "
                                             "then write 'Answer:' and one word."},)
         out = eng.generate([Request(messages=msgs, n=2, choices=LEVELS,
-                                    sampling=SamplingConfig(temperature=0.7, max_tokens=4))])
+                                    sampling=SamplingParams(temperature=0.7, max_tokens=4))])
     finally:
         eng.config = old
     for c in (c for row in out for c in row):
@@ -120,34 +123,37 @@ def test_llamacpp_thinking_then_constrained_label(llama):
         assert c.completion_tokens > len(c.choice) // 4
 
 
+@pytest.mark.builds_model
 def test_llamacpp_context_errors_and_left_truncation(tmp_path):
-    cfg = EngineConfig(engine="llamacpp", context_length=256, batch_size=2)
+    cfg = EngineParams(engine="llamacpp", context_length=256, batch_size=2)
     eng = build_engine(cfg, cache_path=str(tmp_path / "c.sqlite"))
     long = Request(messages=({"role": "user", "content": "apple " * 400},), tag="rethinker")
     with pytest.raises(ContextLengthError, match=r"llamacpp: request #1 tag 'rethinker'.*context holds 256"):
         eng.generate([Request(messages=({"role": "user", "content": "hi"},)), long])
     eng.close()
     left = build_engine(replace(cfg, truncation="left"), cache_path=str(tmp_path / "c.sqlite"))
-    c = left.generate([replace(long, sampling=SamplingConfig(max_tokens=8))])[0][0]
+    c = left.generate([replace(long, sampling=SamplingParams(max_tokens=8))])[0][0]
     assert c.prompt_tokens == 248 and left.backend.prompt_truncations == {"rethinker": 1}
     assert left.stats_by_tag()["rethinker"]["prompt_truncations"] == 1
     left.close()
 
 
+@pytest.mark.builds_model
 def test_transformers_labels_always_choices_with_sampling(tmp_path):
     pytest.importorskip("torch")
-    eng = build_engine(EngineConfig(engine="transformers", device="cpu", batch_size=6, context_length=2048),
+    eng = build_engine(EngineParams(engine="transformers", device="cpu", batch_size=6, context_length=2048),
                        cache_path=str(tmp_path / "c.sqlite"))
     out = eng.generate(critic_requests(2, 4, max_tokens=2) + verifier_requests(1, 3))
     labels = [c for row in out[:2] for c in row]
     assert len(labels) == 8 and all(c.choice in LEVELS and c.text == c.choice for c in labels)
     assert len(out[2]) == 3 and {c.choice for c in out[2]} <= {"YES", "NO"}
     free = eng.generate([Request(messages=({"role": "user", "content": "Say hello."},),
-                                 sampling=SamplingConfig(temperature=0.0, max_tokens=8))])[0][0]
+                                 sampling=SamplingParams(temperature=0.0, max_tokens=8))])[0][0]
     assert free.text.strip() and free.completion_tokens <= 8
     eng.close()
 
 
+@pytest.mark.builds_model
 def test_llamacpp_sequences_moved_to_close_gaps_continue_unchanged(tmp_path, monkeypatch):
     """A sequence moved to a lower slot (its KV stream copied) goes on exactly as it would alone; every
     step is written in slot order, and steps that only decode use contiguous slots."""
@@ -161,10 +167,10 @@ def test_llamacpp_sequences_moved_to_close_gaps_continue_unchanged(tmp_path, mon
         return decode(ctx, batch)
 
     monkeypatch.setattr(llama_cpp, "llama_decode", recording)
-    eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=3, cache=CacheConfig(enabled=False)),
+    eng = build_engine(EngineParams(engine="llamacpp", context_length=512, batch_size=3, cache=CacheParams(enabled=False)),
                        cache_path=str(tmp_path / "c.sqlite"))
     msgs = ({"role": "user", "content": "Write a short story about a lighthouse keeper."},)
-    sp = SamplingConfig(temperature=0.8, seed=11)
+    sp = SamplingParams(temperature=0.8, seed=11)
     # slots 0-2 take requests 0-2; 0 and 2 finish first and 3, 4 take their slots; then 1 finishes
     # and leaves a gap below request 4, which moves down while it is still generating
     lengths = (2, 24, 3, 40, 40)
@@ -180,27 +186,29 @@ def test_llamacpp_sequences_moved_to_close_gaps_continue_unchanged(tmp_path, mon
     eng.close()
 
 
+@pytest.mark.builds_model
 def test_llamacpp_engine_keeps_llama_cpp_logs_quiet(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(logging.getLogger("llama-cpp-python"), "level", logging.NOTSET)  # as in a fresh process
-    eng = build_engine(EngineConfig(engine="llamacpp", context_length=256, batch_size=1),
+    eng = build_engine(EngineParams(engine="llamacpp", context_length=256, batch_size=1),
                        cache_path=str(tmp_path / "c.sqlite"))
     eng.close()
     err = capfd.readouterr().err
     assert "llama_context" not in err and "graph_reserve" not in err, err[:300]
 
 
+@pytest.mark.builds_model
 def test_llamacpp_prompt_store_restores_finished_prompts(tmp_path):
     """A prompt asked again in a later batch restores its saved KV cells: fewer tokens through the
     model, the same completions as an engine that evaluates it again."""
     msgs = [({"role": "system", "content": "You are a careful assistant who writes short stories."},
              {"role": "user", "content": f"Write a short story about lighthouse keeper number {i}."}) for i in range(3)]
-    sp = SamplingConfig(temperature=0.8, seed=3, max_tokens=16)
+    sp = SamplingParams(temperature=0.8, seed=3, max_tokens=16)
     first = [Request(messages=m, sampling=sp) for m in msgs]
     later = [replace(r, sample_offset=1) for r in first]  # the next sample of each: asked in a later round
     texts, decoded = {}, {}
     for mb in (64, 0):
-        eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=2, prompt_cache_mb=mb,
-                                        cache=CacheConfig(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
+        eng = build_engine(EngineParams(engine="llamacpp", context_length=512, batch_size=2, prompt_cache_mb=mb,
+                                        cache=CacheParams(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
         b = eng.backend
         one = b.generate(first)
         before = b.decoded_tokens
@@ -217,6 +225,7 @@ def test_llamacpp_prompt_store_restores_finished_prompts(tmp_path):
     assert decoded[64] < decoded[0]
 
 
+@pytest.mark.builds_model
 def test_llamacpp_restore_waits_for_a_pending_stream_copy(tmp_path):
     """A saved prompt is never restored into a stream that a pending copy still reads.
 
@@ -224,13 +233,13 @@ def test_llamacpp_restore_waits_for_a_pending_stream_copy(tmp_path):
     sample 0 stops after one token and frees its stream at once; request C, whose prompt is saved,
     takes that stream. Restoring there before the copy is done would hand sample 1 C's cells."""
     def req(text, **kw):
-        return Request(messages=({"role": "user", "content": text},), sampling=SamplingConfig(
+        return Request(messages=({"role": "user", "content": text},), sampling=SamplingParams(
             temperature=0.8, seed=5, max_tokens=kw.pop("max_tokens", 12)), **kw)
 
     a = replace(req("Name three colours of the sea at night and say why.", max_tokens=1), n=2)
     a_long = replace(a, sampling=replace(a.sampling, max_tokens=12))
     c = req("Describe a quiet harbour town in winter, in two sentences.")
-    cfg = EngineConfig(engine="llamacpp", context_length=512, batch_size=2, cache=CacheConfig(enabled=False))
+    cfg = EngineParams(engine="llamacpp", context_length=512, batch_size=2, cache=CacheParams(enabled=False))
     eng = build_engine(cfg, cache_path=str(tmp_path / "c.sqlite"))
     b = eng.backend
     c_alone = b.generate([c])[0][0].text  # saves C's prompt
@@ -244,12 +253,13 @@ def test_llamacpp_restore_waits_for_a_pending_stream_copy(tmp_path):
     assert mixed[1][0].text == a1_alone
 
 
+@pytest.mark.builds_model
 def test_llamacpp_takes_requests_while_it_runs(tmp_path):
     """``more()`` feeds requests into a running batch (numbered after the first ones); each comes out
     as it would alone, and the call returns once ``more()`` has nothing left."""
-    eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=2, prompt_cache_mb=0,
-                                    cache=CacheConfig(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
-    sp = SamplingConfig(temperature=0.8, seed=2)
+    eng = build_engine(EngineParams(engine="llamacpp", context_length=512, batch_size=2, prompt_cache_mb=0,
+                                    cache=CacheParams(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
+    sp = SamplingParams(temperature=0.8, seed=2)
     reqs = [Request(messages=({"role": "user", "content": f"Give me a fact about the number {k}."},),
                     sampling=replace(sp, seed=2 + k, max_tokens=6 + 4 * k)) for k in range(4)]
     done, asked = [], []
@@ -273,6 +283,7 @@ def test_llamacpp_takes_requests_while_it_runs(tmp_path):
     eng.close()
 
 
+@pytest.mark.builds_model
 def test_llamacpp_every_step_is_one_run_of_consecutive_slots(tmp_path, monkeypatch):
     """A sample waiting for another to evaluate their shared prompt holds no slot meanwhile, so every
     step's sequences sit in consecutive slots (one pass over the weights for their first tokens), and
@@ -287,9 +298,9 @@ def test_llamacpp_every_step_is_one_run_of_consecutive_slots(tmp_path, monkeypat
         return decode(ctx, batch)
 
     monkeypatch.setattr(llama_cpp, "llama_decode", recording)
-    eng = build_engine(EngineConfig(engine="llamacpp", context_length=512, batch_size=3, prompt_cache_mb=0,
-                                    cache=CacheConfig(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
-    sp = SamplingConfig(temperature=0.8, seed=4, max_tokens=8)
+    eng = build_engine(EngineParams(engine="llamacpp", context_length=512, batch_size=3, prompt_cache_mb=0,
+                                    cache=CacheParams(enabled=False)), cache_path=str(tmp_path / "c.sqlite"))
+    sp = SamplingParams(temperature=0.8, seed=4, max_tokens=8)
     shared = Request(messages=({"role": "system", "content": "You are a lighthouse keeper."},
                                {"role": "user", "content": "Tell me about lighthouses. " * 40}), sampling=sp, n=2)
     other = Request(messages=({"role": "system", "content": "Answer in one word."},

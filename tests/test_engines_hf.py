@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cogpo_kit.engines.base import ContextLengthError, Request
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 
 pytest.importorskip("transformers")
 
@@ -16,7 +16,7 @@ LEVELS = ("easy", "medium", "hard")
 def engine():
     from cogpo_kit.engines.hf import TransformersEngine
 
-    eng = TransformersEngine(EngineConfig(engine="transformers", model="tiny:llama", batch_size=4, device="cpu",
+    eng = TransformersEngine(EngineParams(engine="transformers", model="tiny:llama", batch_size=4, device="cpu",
                                           context_length=256))
     yield eng
     eng.close()
@@ -29,9 +29,10 @@ def msgs(k):
 def sp(**kw):
     base = dict(temperature=0.9, top_p=0.9, top_k=50, max_tokens=6, seed=1)
     base.update(kw)
-    return SamplingConfig(**base)
+    return SamplingParams(**base)
 
 
+@pytest.mark.builds_model
 def test_batched_free_text_with_counts(engine):
     reqs = [Request(messages=msgs(k), sampling=sp(seed=k), n=2) for k in range(3)]
     out = engine.generate(reqs)
@@ -43,6 +44,7 @@ def test_batched_free_text_with_counts(engine):
             assert 0 <= c.completion_tokens <= 6
 
 
+@pytest.mark.builds_model
 def test_samples_follow_their_own_seed_whatever_the_batch(engine):
     """A sample depends on its request seed and index, not on its neighbours or their settings."""
     alone = engine.generate([Request(messages=msgs(1), sampling=sp(seed=7), n=1, sample_offset=2)])[0][0]
@@ -52,6 +54,7 @@ def test_samples_follow_their_own_seed_whatever_the_batch(engine):
     assert len({c.text for c in mixed[0]}) > 1  # different indices, different samples
 
 
+@pytest.mark.builds_model
 def test_greedy_is_deterministic(engine):
     r = Request(messages=msgs(2), sampling=sp(temperature=0.0, seed=0))
     r2 = Request(messages=msgs(2), sampling=sp(temperature=0.0, seed=99))
@@ -59,6 +62,7 @@ def test_greedy_is_deterministic(engine):
     assert a[0].text == b[0].text
 
 
+@pytest.mark.builds_model
 def test_stop_strings_cut_the_text(engine):
     free = engine.generate([Request(messages=msgs(0), sampling=sp(seed=3, max_tokens=12))])[0][0]
     stop = free.text[10:13]
@@ -70,6 +74,7 @@ def test_stop_strings_cut_the_text(engine):
     assert nl.completion_tokens >= 2
 
 
+@pytest.mark.builds_model
 def test_labels_are_always_choices_with_sampling_on(engine):
     reqs = [Request(messages=msgs(k), sampling=sp(temperature=1.0, seed=k), n=8, choices=LEVELS) for k in range(3)]
     reqs.append(Request(messages=msgs(0), sampling=sp(temperature=1.0), n=4, choices=("YES", "NO")))
@@ -82,6 +87,7 @@ def test_labels_are_always_choices_with_sampling_on(engine):
     assert len({c.choice for c in greedy}) == 1
 
 
+@pytest.mark.builds_model
 def test_thinking_then_scored_label(engine):
     from dataclasses import replace
 
@@ -96,6 +102,7 @@ def test_thinking_then_scored_label(engine):
         assert c.completion_tokens >= 2
 
 
+@pytest.mark.builds_model
 def test_prompt_longer_than_context(engine):
     long = ({"role": "user", "content": "word " * 400},)
     with pytest.raises(ContextLengthError, match=r"transformers: request #1 \('word word.*context holds 256"):

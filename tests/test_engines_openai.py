@@ -13,7 +13,7 @@ import pytest
 
 from cogpo_kit.engines import build_engine
 from cogpo_kit.engines.base import ContextLengthError, EngineError, Request
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 from cogpo_kit.engines.common import sample_seed
 from cogpo_kit.engines.openai_bodies import (Server, completion_label_body, flavor_from_models, parse_response,
                                              parse_version, request_body)
@@ -114,12 +114,12 @@ def cfg(urls, **kw):
     base = dict(engine="openai", model="m", base_urls=tuple(urls), max_concurrency=3, timeout_s=0.5,
                 max_retries=6, retry_backoff_s=0.01, retry_backoff_max_s=0.05)
     base.update(kw)
-    return EngineConfig(**base)
+    return EngineParams(**base)
 
 
 def req(k, **kw):
     return Request(messages=({"role": "user", "content": f"question {k}"},),
-                   sampling=SamplingConfig(max_tokens=16, seed=k), tag="agent", **kw)
+                   sampling=SamplingParams(max_tokens=16, seed=k), tag="agent", **kw)
 
 
 def test_faults_end_with_exactly_one_good_cached_result(server, tmp_path):
@@ -196,7 +196,7 @@ def test_labels_use_the_servers_guided_choice(server, tmp_path, owner, field):
     url = server(script)
     eng = build_engine(cfg([url]), cache_path=str(tmp_path / "c.sqlite"))
     r = Request(messages=({"role": "user", "content": "rate this"},), n=6, choices=LEVELS,
-                sampling=SamplingConfig(max_tokens=4, temperature=0.7, top_k=50))
+                sampling=SamplingParams(max_tokens=4, temperature=0.7, top_k=50))
     out = eng.generate([r])[0]
     assert all(c.choice in LEVELS for c in out)
     body = script.posts[0]
@@ -226,9 +226,9 @@ def test_key_from_environment_only(server, tmp_path, monkeypatch):
 
 
 def test_request_body_translation():
-    c = EngineConfig(engine="openai", model="served", thinking_end="</think>", max_thinking_tokens=100)
+    c = EngineParams(engine="openai", model="served", thinking_end="</think>", max_thinking_tokens=100)
     r = Request(messages=({"role": "user", "content": "q"},), choices=("YES", "NO"),
-                sampling=SamplingConfig(max_tokens=2, stop=("\n\n",)))
+                sampling=SamplingParams(max_tokens=2, stop=("\n\n",)))
     b1 = request_body(r, 0, c, "vllm")  # vLLM: think, stopped at the marker, token ids returned
     assert b1["max_completion_tokens"] == 100 and b1["stop"] == ["\n\n", "</think>"] and b1["return_token_ids"]
     assert "structured_outputs" not in b1 and "max_tokens" not in b1
@@ -241,7 +241,7 @@ def test_request_body_translation():
     assert b3["max_tokens"] == 104 and "grammar" not in b3
     b4 = request_body(r, 0, c, Server("vllm", (0, 10, 0)))  # old vLLM: think and answer in one request
     assert b4["max_completion_tokens"] == 104 and "return_token_ids" not in b4 and "guided_choice" not in b4
-    nolimit = Request(messages=r.messages, sampling=SamplingConfig(top_k=0))
+    nolimit = Request(messages=r.messages, sampling=SamplingParams(top_k=0))
     assert request_body(nolimit, 0, c, Server("vllm", (0, 8, 5)))["top_k"] == -1
     assert request_body(nolimit, 0, c, Server("vllm", (0, 9, 0)))["top_k"] == 0
     assert request_body(nolimit, 0, c, Server("vllm"))["top_k"] == 0

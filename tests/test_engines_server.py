@@ -19,7 +19,7 @@ import pytest
 
 from cogpo_kit.engines import build_engine
 from cogpo_kit.engines.base import EngineError, Request
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("llama_cpp.server")
@@ -83,12 +83,12 @@ def cfg(url, **kw):
     base = dict(engine="openai", model="smollm2", base_urls=(url,), max_concurrency=3, timeout_s=120,
                 max_retries=2, retry_backoff_s=0.05, retry_backoff_max_s=0.2)
     base.update(kw)
-    return EngineConfig(**base)
+    return EngineParams(**base)
 
 
 def requests(k: int) -> list[Request]:
     return [Request(messages=({"role": "user", "content": f"Reply with one word only: a colour (#{i})."},),
-                    sampling=SamplingConfig(temperature=0.7, max_tokens=48, seed=i), tag="rethinker")
+                    sampling=SamplingParams(temperature=0.7, max_tokens=48, seed=i), tag="rethinker")
             for i in range(k)]
 
 
@@ -111,13 +111,14 @@ def track_inflight(engine):
     return state
 
 
+@pytest.mark.builds_model
 def test_labels_and_concurrency_against_llama_cpp_server(start_server, tmp_path):
     server = start_server()
     eng = build_engine(cfg(server.url), cache_path=str(tmp_path / "c.sqlite"))
     inflight = track_inflight(eng)
     labels = Request(messages=({"role": "system", "content": "Rate the difficulty: easy, medium or hard."},
                                {"role": "user", "content": "Natalia sold 48/2 = 24 clips in May. 48+24 = 72."}),
-                     sampling=SamplingConfig(temperature=0.7, top_p=0.9, top_k=50, max_tokens=4), n=6,
+                     sampling=SamplingParams(temperature=0.7, top_p=0.9, top_k=50, max_tokens=4), n=6,
                      choices=LEVELS, tag="critic")
     out = eng.generate([labels] + requests(3))
     assert all(c.choice in LEVELS and c.text == c.choice for c in out[0])  # the server's grammar held
@@ -127,6 +128,7 @@ def test_labels_and_concurrency_against_llama_cpp_server(start_server, tmp_path)
     eng.close()
 
 
+@pytest.mark.builds_model
 def test_server_killed_mid_batch_then_rerun_pays_only_the_rest(start_server, tmp_path):
     path = tmp_path / "c.sqlite"
     server = start_server()

@@ -10,7 +10,7 @@ import pytest
 
 from cogpo_kit.engines.base import ContextLengthError, Request
 from cogpo_kit.engines.common import sample_seed
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 from cogpo_kit.engines.vllm_engine import (Call, Row, VLLMEngine, continuation_ids, llm_kwargs,
                                            make_sampling_params, plan_calls, sampling_kwargs)
 
@@ -19,27 +19,27 @@ LEVELS = ("easy", "medium", "hard")
 
 
 def test_sampling_kwargs_per_sample_seed_and_limits():
-    r = Request(messages=MSGS, sampling=SamplingConfig(temperature=0.7, top_p=0.9, top_k=50, max_tokens=64,
+    r = Request(messages=MSGS, sampling=SamplingParams(temperature=0.7, top_p=0.9, top_k=50, max_tokens=64,
                                                        stop=("\n\n",), seed=3), n=2, sample_offset=4)
     kw = sampling_kwargs(r, 5)
     assert kw == {"n": 1, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "max_tokens": 64, "seed": sample_seed(3, 5),
                   "stop": ["\n\n"]}
-    greedy = sampling_kwargs(Request(messages=MSGS, sampling=SamplingConfig(temperature=0.0, top_k=0, top_p=1.0)), 0)
+    greedy = sampling_kwargs(Request(messages=MSGS, sampling=SamplingParams(temperature=0.0, top_k=0, top_p=1.0)), 0)
     assert greedy["temperature"] == 0.0 and greedy["top_k"] == 0 and "stop" not in greedy  # vLLM: 0 is no limit
     assert sampling_kwargs(r, 0, choices=LEVELS)["choice"] == list(LEVELS)
 
 
 def test_llm_kwargs():
-    cfg = EngineConfig(engine="vllm", tensor_parallel_size=4, context_length=32768, gpu_memory_utilization=0.85,
+    cfg = EngineParams(engine="vllm", tensor_parallel_size=4, context_length=32768, gpu_memory_utilization=0.85,
                        dtype="bfloat16")
     assert llm_kwargs(cfg, "/m") == {"model": "/m", "tensor_parallel_size": 4, "max_model_len": 32768,
                                      "gpu_memory_utilization": 0.85, "dtype": "bfloat16"}
 
 
 def test_plan_calls_labels_thinking_and_context():
-    cfg = EngineConfig(engine="vllm", context_length=100)
-    reqs = [Request(messages=MSGS, n=2, sample_offset=1, sampling=SamplingConfig(max_tokens=4), choices=LEVELS),
-            Request(messages=MSGS, sampling=SamplingConfig(max_tokens=50))]
+    cfg = EngineParams(engine="vllm", context_length=100)
+    reqs = [Request(messages=MSGS, n=2, sample_offset=1, sampling=SamplingParams(max_tokens=4), choices=LEVELS),
+            Request(messages=MSGS, sampling=SamplingParams(max_tokens=50))]
     [chat] = plan_calls(reqs, cfg, prompt_lengths=[10, 80])
     assert chat.keys == [(0, 0), (0, 1), (1, 0)]
     assert chat.params[0]["choice"] == list(LEVELS) and chat.params[0]["max_tokens"] == 7  # "medium" + 1
@@ -47,11 +47,11 @@ def test_plan_calls_labels_thinking_and_context():
     assert chat.params[2]["max_tokens"] == 20  # capped to the room left after the prompt
     with pytest.raises(ContextLengthError, match=r"request #1.*120 prompt tokens.*max_model_len is 100"):
         plan_calls(reqs, cfg, prompt_lengths=[10, 120])
-    left = EngineConfig(engine="vllm", context_length=100, truncation="left")
+    left = EngineParams(engine="vllm", context_length=100, truncation="left")
     calls = plan_calls(reqs, left, prompt_lengths=[10, 120], tokenized={0: [1] * 10, 1: list(range(120))})
     tok = next(c for c in calls if c.tokens)
     assert tok.prompts[0]["prompt_token_ids"] == list(range(70, 120)) and tok.keys == [(1, 0)]
-    think = EngineConfig(engine="vllm", thinking_end="</think>", max_thinking_tokens=300)
+    think = EngineParams(engine="vllm", thinking_end="</think>", max_thinking_tokens=300)
     [p1] = plan_calls(reqs[:1], think, prompt_lengths=[10])
     assert p1.params[0]["stop"] == ["</think>"] and "choice" not in p1.params[0] and p1.params[0]["max_tokens"] == 300
     assert "stop_token_ids" not in p1.params[0]
@@ -88,7 +88,7 @@ def fake_vllm(monkeypatch, structured=True):
     mod = types.ModuleType("vllm")
     sp = types.ModuleType("vllm.sampling_params")
 
-    class SamplingParams:
+    class FakeSamplingParams:
         def __init__(self, **kw):
             self.kw = kw
 
@@ -96,12 +96,12 @@ def fake_vllm(monkeypatch, structured=True):
         def __init__(self, choice):
             self.choice = choice
 
-    sp.SamplingParams = SamplingParams
+    sp.SamplingParams = FakeSamplingParams
     if structured:
         sp.StructuredOutputsParams = Choice
     else:
         sp.GuidedDecodingParams = Choice
-    mod.SamplingParams = SamplingParams
+    mod.SamplingParams = FakeSamplingParams
 
     class Tok:  # one token per character
         def apply_chat_template(self, messages, add_generation_prompt, tokenize):
@@ -163,11 +163,11 @@ def test_make_sampling_params_uses_installed_api(monkeypatch, structured):
 def test_engine_end_to_end_with_stand_in(monkeypatch):
     vllm = fake_vllm(monkeypatch)
     monkeypatch.setattr("cogpo_kit.models.resolve.hf_path", lambda spec: "/models/x")
-    eng = VLLMEngine(EngineConfig(engine="vllm", model="tiny:llama", tensor_parallel_size=2, context_length=4096))
+    eng = VLLMEngine(EngineParams(engine="vllm", model="tiny:llama", tensor_parallel_size=2, context_length=4096))
     llm = vllm.LLM.instances[-1]
     assert llm.kw["tensor_parallel_size"] == 2 and llm.kw["model"] == "/models/x"
-    reqs = [Request(messages=MSGS, n=3, choices=LEVELS, sampling=SamplingConfig(max_tokens=8)),
-            Request(messages=MSGS, sampling=SamplingConfig(temperature=0.0))]
+    reqs = [Request(messages=MSGS, n=3, choices=LEVELS, sampling=SamplingParams(max_tokens=8)),
+            Request(messages=MSGS, sampling=SamplingParams(temperature=0.0))]
     out = eng.generate(reqs)
     assert all(c.choice in LEVELS and c.text == c.choice for c in out[0])
     assert out[1][0].text.startswith("free") and out[1][0].prompt_tokens == 7 and out[1][0].completion_tokens == 2
@@ -178,7 +178,7 @@ def test_engine_end_to_end_with_stand_in(monkeypatch):
 def test_engine_thinking_then_constrained_label(monkeypatch):
     vllm = fake_vllm(monkeypatch)
     monkeypatch.setattr("cogpo_kit.models.resolve.hf_path", lambda spec: "/models/x")
-    eng = VLLMEngine(EngineConfig(engine="vllm", model="tiny:llama", thinking_end="</think>"))
+    eng = VLLMEngine(EngineParams(engine="vllm", model="tiny:llama", thinking_end="</think>"))
     out = eng.generate([Request(messages=MSGS, n=2, choices=("YES", "NO"))])[0]
     llm = vllm.LLM.instances[-1]
     (k1, _c1, p1, _), (k2, prompts2, p2, _kw2) = llm.calls

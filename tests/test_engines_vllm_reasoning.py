@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from cogpo_kit.engines.base import ContextLengthError, Request
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 
 from test_engines_vllm_fakes import fake_vllm_pkg, model_dirs  # noqa: F401  (fixtures)
 
@@ -21,12 +21,12 @@ def engine_for(monkeypatch, folder, **kw):
     from cogpo_kit.engines.vllm_engine import VLLMEngine
 
     monkeypatch.setattr("cogpo_kit.models.resolve.hf_path", lambda spec: folder)
-    return VLLMEngine(EngineConfig(engine="vllm", model="tiny:llama", **kw))
+    return VLLMEngine(EngineParams(engine="vllm", model="tiny:llama", **kw))
 
 
 def test_label_after_thinking_continues_tokens_not_the_chat(monkeypatch, fake_vllm_pkg, model_dirs):
     eng = engine_for(monkeypatch, model_dirs["r1"], thinking_end="</think>", max_thinking_tokens=64)
-    out = eng.generate([Request(messages=MSGS, n=2, choices=("YES", "NO"), sampling=SamplingConfig(max_tokens=2))])[0]
+    out = eng.generate([Request(messages=MSGS, n=2, choices=("YES", "NO"), sampling=SamplingParams(max_tokens=2))])[0]
     assert [c.finish_reason for c in out] == ["stop", "stop"], [c.error for c in out]
     assert all(c.choice in ("YES", "NO") and c.text == "let me think</think>" + c.choice for c in out)
     llm = fake_vllm_pkg.LLM.instances[-1]
@@ -65,15 +65,15 @@ def test_prompt_lengths_are_real_token_counts(monkeypatch, fake_vllm_pkg, model_
     assert len(ids) > 64
     assert eng._prompt_lengths([Request(messages=long_msgs)])[0] == [len(ids)]
     with pytest.raises(ContextLengthError, match=rf"request #0.*{len(ids)} prompt tokens.*max_model_len is 64"):
-        eng.generate([Request(messages=long_msgs, sampling=SamplingConfig(max_tokens=8))])
+        eng.generate([Request(messages=long_msgs, sampling=SamplingParams(max_tokens=8))])
     eng.close()
     left = engine_for(monkeypatch, model_dirs["smollm"], context_length=64, truncation="left")
-    [c] = left.generate([Request(messages=long_msgs, sampling=SamplingConfig(max_tokens=8))])[0]
+    [c] = left.generate([Request(messages=long_msgs, sampling=SamplingParams(max_tokens=8))])[0]
     llm = fake_vllm_pkg.LLM.instances[-1]
     kind, prompts, params, _ = llm.calls[-1]
     assert kind == "generate" and prompts[0]["prompt_token_ids"] == ids[-56:] and params[0].kw["max_tokens"] == 8
     assert c.prompt_tokens == 56
-    short = left.generate([Request(messages=MSGS, sampling=SamplingConfig(max_tokens=8))])[0][0]
+    short = left.generate([Request(messages=MSGS, sampling=SamplingParams(max_tokens=8))])[0][0]
     assert short.prompt_tokens == len(tok.encode(tok.apply_chat_template(list(MSGS), tokenize=False,
                                                                          add_generation_prompt=True),
                                                  add_special_tokens=False))
@@ -83,7 +83,7 @@ def test_prompt_lengths_are_real_token_counts(monkeypatch, fake_vllm_pkg, model_
 def test_labels_without_thinking_and_no_top_k_limit(monkeypatch, fake_vllm_pkg, model_dirs):
     eng = engine_for(monkeypatch, model_dirs["smollm"])
     out = eng.generate([Request(messages=MSGS, n=3, choices=("easy", "medium", "hard"),
-                                sampling=SamplingConfig(top_k=0, max_tokens=2))])[0]
+                                sampling=SamplingParams(top_k=0, max_tokens=2))])[0]
     assert all(c.ok and c.choice == c.text for c in out)
     kind, _convs, params, kw = fake_vllm_pkg.LLM.instances[-1].calls[-1]
     assert kind == "chat" and kw["continue_final_message"] is False

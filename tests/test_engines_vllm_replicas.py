@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from cogpo_kit.engines.base import EngineError, Request
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 
 from test_engines_vllm_fakes import model_dirs, write_fake_vllm  # noqa: F401  (fixture)
 
@@ -37,7 +37,7 @@ def fake_env(tmp_path_factory, model_dirs):
 def build(**kw):
     from cogpo_kit.engines.vllm_engine import VLLMEngine
 
-    return VLLMEngine(EngineConfig(engine="vllm", model="tiny:llama", data_parallel_size=2, **kw))
+    return VLLMEngine(EngineParams(engine="vllm", model="tiny:llama", data_parallel_size=2, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def engine(fake_env):
 
 def ask(k, text=None):
     return Request(messages=({"role": "user", "content": text or f"question number {k}"},),
-                   sampling=SamplingConfig(seed=k, max_tokens=8))
+                   sampling=SamplingParams(seed=k, max_tokens=8))
 
 
 def test_replicas_serve_in_order(engine):

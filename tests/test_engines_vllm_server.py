@@ -17,7 +17,7 @@ import pytest
 
 from cogpo_kit.engines import build_engine
 from cogpo_kit.engines.base import EngineError, Request
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 
 from test_engines_vllm_fakes import model_dirs  # noqa: F401  (fixture)
 
@@ -143,13 +143,13 @@ def engine(url, tmp_path, **kw):
     base = dict(engine="openai", model="r1", base_urls=(url,), max_concurrency=2, timeout_s=5.0, max_retries=2,
                 retry_backoff_s=0.01, retry_backoff_max_s=0.02)
     base.update(kw)
-    return build_engine(EngineConfig(**base), cache_path=str(tmp_path / "c.sqlite"))
+    return build_engine(EngineParams(**base), cache_path=str(tmp_path / "c.sqlite"))
 
 
 def test_r1_label_after_thinking_on_a_reasoning_parser_server(serve, tmp_path, model_dirs):
     state = VLLMLike(model_dirs["r1"])
     eng = engine(serve(state), tmp_path, thinking_end="</think>", max_thinking_tokens=100)
-    out = eng.generate([Request(messages=Q, n=2, choices=("YES", "NO"), sampling=SamplingConfig(max_tokens=2))])[0]
+    out = eng.generate([Request(messages=Q, n=2, choices=("YES", "NO"), sampling=SamplingParams(max_tokens=2))])[0]
     assert all(c.ok and c.choice in ("YES", "NO") and c.text == THOUGHT + "</think>" + c.choice for c in out), \
         [c.error for c in out]
     chat = [b for p, b in state.posts if p == "/v1/chat/completions"]
@@ -172,7 +172,7 @@ def test_thinking_read_from_the_reasoning_field(serve, tmp_path, model_dirs):
 def test_old_server_gets_guided_choice_and_top_k_minus_one(serve, tmp_path, model_dirs):
     state = VLLMLike(model_dirs["smollm"], version="0.8.5")
     eng = engine(serve(state), tmp_path)
-    out = eng.generate([Request(messages=Q, n=2, choices=("YES", "NO"), sampling=SamplingConfig(top_k=0))])[0]
+    out = eng.generate([Request(messages=Q, n=2, choices=("YES", "NO"), sampling=SamplingParams(top_k=0))])[0]
     assert all(c.ok and c.choice in ("YES", "NO") for c in out), [(c.text, c.error) for c in out]
     body = state.posts[0][1]
     assert body["guided_choice"] == ["YES", "NO"] and "structured_outputs" not in body and body["top_k"] == -1
@@ -182,8 +182,8 @@ def test_old_server_gets_guided_choice_and_top_k_minus_one(serve, tmp_path, mode
 def test_new_server_gets_structured_outputs_top_k_zero_and_max_completion_tokens(serve, tmp_path, model_dirs):
     state = VLLMLike(model_dirs["smollm"], version="0.30.0")
     eng = engine(serve(state), tmp_path)
-    eng.generate([Request(messages=Q, choices=("YES", "NO"), sampling=SamplingConfig(top_k=0, max_tokens=2)),
-                  Request(messages=Q, sampling=SamplingConfig(top_k=0, max_tokens=9))])
+    eng.generate([Request(messages=Q, choices=("YES", "NO"), sampling=SamplingParams(top_k=0, max_tokens=2)),
+                  Request(messages=Q, sampling=SamplingParams(top_k=0, max_tokens=9))])
     label, free = sorted((b for _p, b in state.posts), key=lambda b: "structured_outputs" not in b)
     assert label["structured_outputs"] == {"choice": ["YES", "NO"]} and "guided_choice" not in label
     assert label["top_k"] == 0 and label["max_completion_tokens"] == 4 and "max_tokens" not in label
@@ -194,9 +194,9 @@ def test_new_server_gets_structured_outputs_top_k_zero_and_max_completion_tokens
 def test_finish_reason_error_is_retried_then_raised(serve, tmp_path, model_dirs):
     state = VLLMLike(model_dirs["smollm"], fail_first=1)
     eng = engine(serve(state), tmp_path)
-    [c] = eng.generate([Request(messages=Q, sampling=SamplingConfig(max_tokens=4))])[0]
+    [c] = eng.generate([Request(messages=Q, sampling=SamplingParams(max_tokens=4))])[0]
     assert c.ok and len(state.posts) == 2
     state.fail_first = 10
     with pytest.raises(EngineError, match="finish_reason 'error'"):
-        eng.generate([Request(messages=Q, sampling=SamplingConfig(max_tokens=4, seed=1))])
+        eng.generate([Request(messages=Q, sampling=SamplingParams(max_tokens=4, seed=1))])
     eng.close()

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from cogpo_kit.engines.base import Completion
-from cogpo_kit.engines.config import SamplingConfig
+from cogpo_kit.engines.config import SamplingParams
 from cogpo_kit.evaluation.benchmarks import Problem, check_paper_size, get_benchmark
 from cogpo_kit.evaluation.comparison import build_comparison, comparison_csv
 from cogpo_kit.evaluation.config import EvalParams
@@ -23,7 +23,7 @@ from cogpo_kit.params.loader import ParamsError
 
 # ---- protocols ----------------------------------------------------------------------------------
 def test_greedy_and_r1_presets_side_by_side():
-    base = SamplingConfig(temperature=0.0, top_p=1.0, top_k=0, max_tokens=16384)
+    base = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, max_tokens=16384)
     g = resolve_decoding("greedy", base, None)
     r = resolve_decoding("r1", base, None)
     assert (g.sampling.temperature, g.n_samples, g.label) == (0.0, 1, "greedy, 16k tok")
@@ -35,7 +35,7 @@ def test_greedy_and_r1_presets_side_by_side():
     assert rec["name"] == "r1" and rec["metric"] == "pass@1 averaged over 16 samples" and rec["max_tokens"] == 16384
     # no protocol: named for what it is
     assert resolve_decoding(None, base, None).name == "greedy"
-    assert resolve_decoding(None, SamplingConfig(temperature=0.7, max_tokens=512), 4).label == \
+    assert resolve_decoding(None, SamplingParams(temperature=0.7, max_tokens=512), 4).label == \
         "custom (T=0.7, top-p 0.9, top-k 50), pass@1 of 4, 512 tok"
 
 
@@ -53,8 +53,8 @@ def test_several_samples_at_temperature_zero_are_refused():
 
 
 def test_notes_for_replaced_sampling_and_cut_outputs():
-    assert ignored_sampling_note("r1", SamplingConfig(temperature=0.0, top_p=1.0, top_k=0)) is None
-    assert "replaced" in ignored_sampling_note("r1", SamplingConfig(temperature=0.7, top_p=0.9, top_k=50))
+    assert ignored_sampling_note("r1", SamplingParams(temperature=0.0, top_p=1.0, top_k=0)) is None
+    assert "replaced" in ignored_sampling_note("r1", SamplingParams(temperature=0.7, top_p=0.9, top_k=50))
     assert budget_note(512, 1, 100) is None
     assert "16384" in budget_note(512, 30, 100)
 

@@ -31,6 +31,7 @@ def test_hub_id_and_local_folder(tmp_path):
     assert r.kind == "local" and r.hf_path == str(d)
 
 
+@pytest.mark.builds_model
 def test_tiny_model_is_small_and_uses_embedded_tokenizer():
     import transformers
 
@@ -46,6 +47,7 @@ def test_tiny_model_is_small_and_uses_embedded_tokenizer():
 
 
 @pytest.mark.slow
+@pytest.mark.builds_model
 def test_embedded_hf_route_answers_greedily():
     model, tok, _ = load_causal_lm("embedded:smollm2-135m-instruct")
     assert model.config.model_type == "llama"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,9 @@ import pytest
 
 from cogpo_kit.params import load_params
 from cogpo_kit.pipeline import runner
-from cogpo_kit.pipeline.notebook import NOTEBOOK_DIR, STAGE_FUNCTIONS, NotebookParams, notebook_path, parameters_cell
+from cogpo_kit.pipeline.notebook import NOTEBOOK_DIR, NotebookParams, notebook_path, parameters_cell
 from cogpo_kit.pipeline.stage import STAGES, run_dir
+from cogpo_kit.pipeline.stages import STAGES_SPEC, artifact_path, manifest_path, stage_dir_name, stage_spec
 from cogpo_kit.viz.report import run_report
 from fake_run import make_fake_run
 
@@ -79,21 +79,21 @@ def test_notebooks_are_thin(stage):
 
 
 def test_stage_entry_points_are_the_contract():
-    assert STAGE_FUNCTIONS["07_report"] == ("cogpo_kit.viz.report", "run_report")
-    assert [STAGE_FUNCTIONS[s][1] for s in STAGES] == ["run_critique", "run_rethink", "run_pairs", "run_sft",
-                                                         "run_preference", "run_evaluate", "run_report"]
+    assert stage_spec("report").entry == ("cogpo_kit.viz.report", "run_report")
+    assert [s.entry[1] for s in STAGES_SPEC] == ["run_critique", "run_rethink", "run_pairs", "run_sft",
+                                                 "run_preference", "run_evaluate", "run_report"]
 
 
 # What each executed notebook must show (in some output's text).
 SHOWS = {
-    "01_critique": ["done in", "got no Critic label", "Critic: original CoTs", "application/vnd.plotly.v1+json"],
-    "02_rethink": ["discarded: max_attempts", "Original CoT", "Rewrite attempt",
-                   "application/vnd.jupyter.widget-view+json"],
-    "03_pairs": ["kinds (chosen &gt; rejected)", "Chosen ·", "application/vnd.plotly.v1+json"],
-    "04_sft": ["crv_sft", "first loss", "application/vnd.plotly.v1+json"],
-    "05_preference": ["few large-gap pairs", "Reward margins"],
-    "06_evaluate": ["CogPO", "MATH-500", "scored on 4 problems", "extracted"],
-    "07_report": ["**Report:**", "report.html", "06_evaluate"],
+    "critique": ["done in", "got no Critic label", "Critic: original CoTs", "application/vnd.plotly.v1+json"],
+    "rethink": ["discarded: max_attempts", "Original CoT", "Rewrite attempt",
+                "application/vnd.jupyter.widget-view+json"],
+    "pairs": ["kinds (chosen &gt; rejected)", "Chosen ·", "application/vnd.plotly.v1+json"],
+    "sft": ["crv_sft", "first loss", "application/vnd.plotly.v1+json"],
+    "preference": ["last margin", "Reward margins"],
+    "evaluate": ["CogPO", "MATH-500", "scored on 4 problems", "extracted"],
+    "report": ["**Report:**", "report.html", stage_dir_name("evaluate")],
 }
 
 
@@ -115,35 +115,44 @@ def test_notebook_runs_under_papermill_on_existing_artifacts(stage, fake_run_par
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = nbformat.writes(nb)
-    for needle in SHOWS[stage]:
+    for needle in SHOWS[stage_spec(stage).name]:
         assert needle in text, f"{stage}: '{needle}' not shown"
 
 
-def _stages_missing() -> list[str]:
-    missing = []
-    for stage, (module, name) in STAGE_FUNCTIONS.items():
+def _stage_import_errors() -> list[str]:
+    """``stage: the error`` for each stage whose entry point cannot be imported."""
+    from cogpo_kit.pipeline.notebook import stage_function
+
+    errors = []
+    for stage in STAGES:
         try:
-            getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            missing.append(f"{module}.{name}")
-    return missing
+            stage_function(stage)
+        except (ImportError, AttributeError) as exc:
+            errors.append(f"{stage}: {type(exc).__name__}: {exc}")
+    return errors
+
+
+def test_every_stage_entry_point_imports():
+    errors = _stage_import_errors()
+    assert not errors, "stage entry points that cannot be imported:\n" + "\n".join(errors)
 
 
 @pytest.mark.slow
+@pytest.mark.builds_model
 @pytest.mark.timeout(2400)  # the stages' own work: ~11 min measured on 2 busy cores
 def test_smoke_pipeline_through_papermill(tmp_path):
     if not SMOKE.exists():
         pytest.skip(f"{SMOKE} does not exist yet")
-    missing = _stages_missing()
-    if missing:
-        pytest.skip(f"stage entry points not importable yet: {', '.join(missing)}")
+    errors = _stage_import_errors()
+    if errors:  # a broken stage is a failure, never a skip
+        pytest.fail("stage entry points that cannot be imported:\n" + "\n".join(errors), pytrace=False)
     overrides = [f"run.output_dir={tmp_path}"]
     first = runner.run_pipeline([SMOKE], overrides)
     run = run_dir(load_params([SMOKE], overrides))
     assert first["executed"] == list(STAGES)
     for stage in STAGES:
-        assert (run / "notebooks" / f"{stage}.ipynb").exists() and (run / stage / "manifest.json").exists()
-    assert first["report"] == str(run / "07_report" / "report.html") and not first["results"].empty
+        assert (run / "notebooks" / f"{stage}.ipynb").exists() and manifest_path(run, stage).exists()
+    assert first["report"] == str(artifact_path(run, "report")) and not first["results"].empty
     second = runner.run_pipeline([SMOKE], overrides)  # everything matches now: nothing runs again
     assert second["executed"] == [] and set(second["skipped"]) == set(STAGES)
 

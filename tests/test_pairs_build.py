@@ -1,4 +1,4 @@
-"""The pair builder and the 03_pairs stage on CRV artifacts written by the real stages."""
+"""The pair builder and the pairs stage on CRV artifacts written by the real stages."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from collections import Counter
 
 import pytest
 
+from cogpo_kit.crv.rethink import IncorrectOutcome, incorrect_row
+from cogpo_kit.data.records import CoTRecord
 from cogpo_kit.io import DataError, read_jsonl
 from cogpo_kit.pairs.build import build_pairs
-from cogpo_kit.pairs.config import PairsConfig
+from cogpo_kit.pairs.config import PairsParams
 from cogpo_kit.answers.extraction import boxed_answer, extract_answer
 from cogpo_kit.answers.response import FINAL_LINE, ends_with_boxed, format_response, same_answer
 from cogpo_kit.pairs.inputs import read_crv
 from cogpo_kit.pairs.schema import load_pairs
 from cogpo_kit.params import load_params
+from cogpo_kit.pipeline.stages import artifact_path
 from test_pairs_fixtures import (EXAMPLES, EXPECTED_IDS, EXPECTED_PER_GAP, EXPECTED_PER_GAP_CHECKED,
                                  write_crv_fixture)
 
@@ -25,7 +28,7 @@ GOLD = {e[0]: e[3] for e in EXAMPLES}
 
 def _pairs(tmp_path, *overrides, **cfg):
     art = read_crv(write_crv_fixture(tmp_path / "run", overrides=overrides))
-    return build_pairs(art, PairsConfig(**cfg))
+    return build_pairs(art, PairsParams(**cfg))
 
 
 def test_expected_pairs_per_gap(tmp_path):
@@ -80,7 +83,7 @@ def test_both_texts_compared_share_the_final_line_format(tmp_path):
 
     run = write_crv_fixture(tmp_path / "run")
     art = read_crv(run)
-    pairs, _ = build_pairs(art, PairsConfig())
+    pairs, _ = build_pairs(art, PairsParams())
     want = _final_line(FINAL_LINE.format(answer="x"))
 
     def check(text: str, where) -> bool:
@@ -103,7 +106,7 @@ def test_both_texts_compared_share_the_final_line_format(tmp_path):
     assert sum(appended) >= 10 and len(sft["sft"]) == len(art.records)
     # the D_SFT* row the rethink stage wrote has the very response the SFT rows train on
     from cogpo_kit.io import read_jsonl as _rows
-    written = {r["id"]: r["response"] for r in _rows(run / "02_rethink" / "sft.jsonl")}
+    written = {r["id"]: r["response"] for r in _rows(artifact_path(run, "sft"))}
     assert written == sft["crv_sft"]
 
 
@@ -124,7 +127,7 @@ def test_format_response():
 
 def test_missing_field_names_file_line_field(tmp_path):
     run = write_crv_fixture(tmp_path / "r")
-    p = run / "01_critique" / "input.jsonl"
+    p = artifact_path(run, "input")
     rows = read_jsonl(p)
     del rows[2]["reasoning"]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -135,29 +138,31 @@ def test_missing_field_names_file_line_field(tmp_path):
 
 def test_bad_level_and_unknown_id(tmp_path):
     run = write_crv_fixture(tmp_path / "r")
-    p = run / "01_critique" / "critiques.jsonl"
+    p = artifact_path(run, "critiques")
     p.write_text(p.read_text().replace('"level": "hard"', '"level": "HARDER"', 1))
     with pytest.raises(DataError, match="level must be one of") as exc:
         read_crv(run)
     assert exc.value.field == "level"
     run2 = write_crv_fixture(tmp_path / "b")
-    with open(run2 / "02_rethink" / "incorrect.jsonl", "a") as fh:
-        fh.write(json.dumps({"id": "zz", "text": "t", "reached_answer": "1", "ok": True}) + "\n")
+    stranger = CoTRecord(id="zz", problem="What is 1 + 1?", answer="2", reasoning="1 + 1 = 3.")
+    row = incorrect_row(stranger, IncorrectOutcome(id="zz", found=True, reasoning="1 + 1 = 3.", reached="3",
+                                                   attempt=1), "easy")
+    with open(artifact_path(run2, "incorrect"), "a") as fh:
+        fh.write(json.dumps(row) + "\n")
     with pytest.raises(DataError, match="not in input.jsonl"):
         read_crv(run2)
 
 
 def _params(tmp_path, *more):
-    return load_params([], [f"run.output_dir={tmp_path}", "run.run_id=r", "sft.model=tiny:llama", *more])
+    return load_params([], [f"run.output_dir={tmp_path}", "run.run_id=r", "student.model=tiny:llama", *more])
 
 
-def test_stage_writes_valid_pairs_and_stats(tmp_path):
+@pytest.mark.builds_model
+def test_stage_writes_valid_pairs_and_stats(crv_run, params_factory):
     from cogpo_kit.pairs.stage import run_pairs
 
-    params = _params(tmp_path)
-    write_crv_fixture(tmp_path / "r")
-    m = run_pairs(params)
-    pairs = load_pairs(tmp_path / "r" / "03_pairs" / "pairs.jsonl")
+    m = run_pairs(params_factory("student.model=tiny:llama"))
+    pairs = load_pairs(artifact_path(crv_run, "pairs"))
     n = sum(EXPECTED_PER_GAP.values())
     assert len(pairs) == n and m["counts"]["pairs"] == n
     assert m["pairs"]["pairs_per_gap"] == EXPECTED_PER_GAP
@@ -167,13 +172,12 @@ def test_stage_writes_valid_pairs_and_stats(tmp_path):
 
 
 @pytest.mark.parametrize("policy", ["truncate", "drop"])
-def test_overlength_policy_is_reported(tmp_path, policy):
+@pytest.mark.builds_model
+def test_overlength_policy_is_reported(crv_run, params_factory, policy):
     from cogpo_kit.pairs.stage import run_pairs
 
-    params = _params(tmp_path, "pairs.max_length=88", f"pairs.overlength={policy}")
-    write_crv_fixture(tmp_path / "r")
-    m = run_pairs(params)
-    pairs = load_pairs(tmp_path / "r" / "03_pairs" / "pairs.jsonl")
+    m = run_pairs(params_factory("student.model=tiny:llama", "pairs.max_length=88", f"pairs.overlength={policy}"))
+    pairs = load_pairs(artifact_path(crv_run, "pairs"))
     over = m["lengths"]["overlength_pairs"]
     assert over > 0 and any("longer than 88 tokens" in n for n in m["notes"])
     assert all(p["chosen_tokens"] <= 88 and p["rejected_tokens"] <= 88 for p in pairs)
@@ -189,19 +193,18 @@ def test_empty_inputs_give_zero_pairs_with_a_note(tmp_path):
     from cogpo_kit.pairs.stage import run_pairs
 
     run = tmp_path / "r"
-    for f in ("01_critique/input.jsonl", "01_critique/critiques.jsonl", "02_rethink/sft.jsonl",
-              "02_rethink/rewrites.jsonl", "02_rethink/incorrect.jsonl"):
-        (run / f).parent.mkdir(parents=True, exist_ok=True)
-        (run / f).write_text("")
+    for key in ("input", "critiques", "sft", "rewrites", "incorrect"):
+        artifact_path(run, key).parent.mkdir(parents=True, exist_ok=True)
+        artifact_path(run, key).write_text("")
     m = run_pairs(_params(tmp_path))
     assert m["counts"]["pairs"] == 0 and any("zero pairs" in n for n in m["notes"])
-    assert (run / "03_pairs" / "pairs.jsonl").read_text() == ""
+    assert artifact_path(run, "pairs").read_text() == ""
 
 
 def test_missing_stage_file_is_an_error(tmp_path):
     from cogpo_kit.pairs.stage import run_pairs
 
     run = write_crv_fixture(tmp_path / "r")
-    (run / "02_rethink" / "incorrect.jsonl").unlink()
+    artifact_path(run, "incorrect").unlink()
     with pytest.raises(DataError, match="file not found"):
         run_pairs(_params(tmp_path))

@@ -149,13 +149,13 @@ def test_extends_merges_the_parent_and_the_file_wins(tmp_path):
 
 
 def test_extends_is_relative_to_the_file_and_chains(tmp_path):
-    (tmp_path / "a.yaml").write_text("crv: {votes: 5, max_attempts: 2}\nsft: {model: a}\n")
+    (tmp_path / "a.yaml").write_text("crv: {votes: 5, max_attempts: 2}\nstudent: {model: a}\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.yaml").write_text("extends: ../a.yaml\ncrv: {votes: 6}\n")
-    (tmp_path / "sub" / "c.yaml").write_text(f"extends: [b.yaml, {tmp_path / 'd.yaml'}]\nsft: {{model: c}}\n")
+    (tmp_path / "sub" / "c.yaml").write_text(f"extends: [b.yaml, {tmp_path / 'd.yaml'}]\nstudent: {{model: c}}\n")
     (tmp_path / "d.yaml").write_text("crv: {max_attempts: 4}\n")
     p = load_params([tmp_path / "sub" / "c.yaml"])  # a, then b over it, then d, then c
-    assert (p.crv.votes, p.crv.max_attempts, p.sft.model) == (6, 4, "c")
+    assert (p.crv.votes, p.crv.max_attempts, p.student.model) == (6, 4, "c")
 
 
 def test_extends_with_later_files_and_overrides(tmp_path):
@@ -204,3 +204,11 @@ def test_errors_in_a_parent_name_the_parent(tmp_path):
     with pytest.raises(ParamsError) as e:
         load_params([child])
     assert "crv.votez" in str(e.value) and str(tmp_path / "base.yaml") in str(e.value)
+
+
+def test_the_student_has_one_key(tmp_path):
+    """``student.model`` is the student everywhere; the old ``sft.model`` is refused with its new place."""
+    (tmp_path / "old.yaml").write_text("sft: {model: other}\n")
+    with pytest.raises(ParamsError, match=r"'sft.model' is now 'student.model'") as exc:
+        load_params([tmp_path / "old.yaml"])
+    assert "old.yaml" in str(exc.value)

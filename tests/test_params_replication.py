@@ -97,9 +97,8 @@ def test_replication_file(path):
     tree = params_dict(p)
     raw = read_params_file(path)
 
-    # one file, one run: the run id is the file's name, the student is the model SFT starts from
+    # one file, one run: the run id is the file's name
     assert p.run.run_id == path.stem
-    assert p.student.model == p.sft.model
 
     # every model it names is a hub id the paper names
     for key, model in _named_models(raw):

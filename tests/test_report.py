@@ -14,6 +14,7 @@ from plotly.offline import get_plotlyjs
 
 from cogpo_kit.params import load_params
 from cogpo_kit.pipeline.stage import read_manifest, run_dir
+from cogpo_kit.pipeline.stages import artifact_path, stage_dir_name
 from cogpo_kit.viz import figures
 from cogpo_kit.viz.report import run_report
 from fake_run import make_fake_run
@@ -28,7 +29,7 @@ def full_report(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     params = load_params([make_fake_run(root)])
     manifest = run_report(params)
-    assert manifest["report"] == str(run_dir(params) / "07_report" / "report.html")
+    assert manifest["report"] == str(artifact_path(run_dir(params), "report"))
     return Path(manifest["report"])
 
 
@@ -40,27 +41,29 @@ def test_report_is_self_contained(full_report):
     assert text.count('class="plotly-graph-div"') == len(figures.FIGURES)
     for heading in ("Summary", "Settings", "Critique", "CRV funnel", "Preference pairs", "Training", "Evaluation"):
         assert heading in text
-    assert "1 of 13 CoTs got no Critic label (no majority)." in text  # a stage's own note
+    assert "1 of 13 CoTs got no Critic label (no majority or no valid vote)." in text  # a stage's own note
     assert "scored on 4 problems" in text  # a note derived from the artifacts
     assert "<b>" in text and "pass@1 in %" in text  # the Table 2 style results
-    assert re.search(r"<td>07_report</td>\s*<td>running \(writes this report\)</td>", text) and "not run" not in text
+    assert re.search(rf"<td>{stage_dir_name('report')}</td>\s*<td>running \(writes this report\)</td>", text)
+    assert "not run" not in text
 
 
 def test_report_writes_figures_and_manifest(full_report):
     folder = full_report.parent / "figures"
     html = sorted(p.stem for p in folder.glob("*.html"))
     assert html == sorted(figures.FIGURES) and (folder / "plotly.min.js").exists()
-    manifest = read_manifest(full_report.parents[1], "07_report")
+    manifest = read_manifest(full_report.parents[1], "report")
     assert manifest["counts"]["figures"] == len(figures.FIGURES) and manifest["counts"]["empty_figures"] == 0
     assert len(manifest["inputs"]) == 6  # the manifests of the six stages before it
 
 
 def test_report_on_partial_skewed_run(tmp_path):
-    yaml_path = make_fake_run(tmp_path, levels=["easy"] * 5, stages=["01_critique"], sweep=())
+    yaml_path = make_fake_run(tmp_path, levels=["easy"] * 5, stages=["critique"], sweep=())
     manifest = run_report(load_params([yaml_path]))
     text = Path(manifest["report"]).read_text(encoding="utf-8")
-    assert "stage 02_rethink has not run" in text and "stage 06_evaluate has not run" in text
-    assert "skewed levels: the Critic rated 5 of 5 CoTs easy" in text
+    for stage in ("rethink", "evaluate"):
+        assert f"stage {stage_dir_name(stage)} has not run" in text
+    assert "skewed ratings: the Critic rated 5 of 5 CoTs easy" in text  # the stage's own note, not repeated
     assert "no medium CoTs" in text and "no hard CoTs" in text
     assert "no preference pairs in this run" in text and "no beta sweep in this run" in text
     assert text.count('class="plotly-graph-div"') == 2  # levels, and the funnel as far as it goes
@@ -71,7 +74,7 @@ def test_report_on_partial_skewed_run(tmp_path):
 def test_report_on_empty_run(tmp_path):
     params = load_params([make_fake_run(tmp_path, stages=())])
     text = Path(run_report(params)["report"]).read_text(encoding="utf-8")
-    assert "no critiques in this run" in text and "stage 01_critique has not run" in text
+    assert "no critiques in this run" in text and f"stage {stage_dir_name('critique')} has not run" in text
 
 
 @pytest.mark.slow
@@ -81,7 +84,7 @@ def test_png_export_offline(tmp_path):
         pytest.skip(reason)
     from cogpo_kit.viz.artifacts import Run
 
-    run = Run(run_dir(load_params([make_fake_run(tmp_path, stages=["01_critique"])])))
+    run = Run(run_dir(load_params([make_fake_run(tmp_path, stages=["critique"])])))
     saved = figures.save_figures({"level_distribution": figures.level_distribution(run)}, tmp_path / "figs")
     assert saved["notes"] == []
     png = Path(saved["png"][0]).read_bytes()

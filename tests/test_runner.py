@@ -15,6 +15,9 @@ from cogpo_kit.params import ParamsError, load_params, params_dict
 from cogpo_kit.pipeline import runner
 from cogpo_kit.pipeline.freshness import check_stage, stage_params
 from cogpo_kit.pipeline.stage import STAGES, open_stage, run_dir
+from cogpo_kit.pipeline.stages import manifest_path
+
+CRITIQUE, RETHINK, PAIRS, SFT, PREFERENCE, EVALUATE, REPORT = STAGES
 
 
 def _params_file(tmp_path: Path) -> Path:
@@ -32,7 +35,7 @@ def fake_stages(monkeypatch):
         def run(params):
             calls.append(stage)
             path = run_dir(params)
-            inputs = [path / "data.txt"] if stage == "01_critique" else []
+            inputs = [path / "data.txt"] if stage == CRITIQUE else []
             st = open_stage(path, stage, stage_params(params_dict(params), stage), inputs=inputs)
             atomic_write_jsonl(st.file("out.jsonl"), [{"stage": stage}])
             return st.finish()
@@ -44,9 +47,9 @@ def fake_stages(monkeypatch):
 
 def test_select_stages():
     assert runner.select_stages() == list(STAGES)
-    assert runner.select_stages("pairs,critique") == ["01_critique", "03_pairs"]
-    assert runner.select_stages(None, "evaluate") == ["06_evaluate", "07_report"]
-    assert runner.select_stages(["critique", "06_evaluate", "report"], "sft") == ["06_evaluate", "07_report"]
+    assert runner.select_stages("pairs,critique") == [CRITIQUE, PAIRS]
+    assert runner.select_stages(None, "evaluate") == [EVALUATE, REPORT]
+    assert runner.select_stages(["critique", EVALUATE, "report"], "sft") == [EVALUATE, REPORT]
     with pytest.raises(ParamsError, match="unknown stage 'critic'"):
         runner.select_stages("critic")
     with pytest.raises(ParamsError, match="no stage selected"):
@@ -63,11 +66,11 @@ def test_skips_matching_stages_and_redoes_what_changed(tmp_path, fake_stages, ca
     fake_stages.clear()
     second = runner.run_pipeline([yaml_path], in_process=True)
     assert second["executed"] == [] and set(second["skipped"].values()) == {"up to date"}
-    assert "01_critique: skipped (up to date" in capsys.readouterr().out
+    assert f"{CRITIQUE}: skipped (up to date" in capsys.readouterr().out
 
     # a parameter only the evaluation depends on: evaluation and report are redone
     third = runner.run_pipeline([yaml_path], ["eval.limit=3"], in_process=True)
-    assert third["executed"] == ["06_evaluate", "07_report"]
+    assert third["executed"] == [EVALUATE, REPORT]
 
     # a critique parameter: the critique is redone, and every stage reading its outputs after it
     fake_stages.clear()
@@ -77,25 +80,25 @@ def test_skips_matching_stages_and_redoes_what_changed(tmp_path, fake_stages, ca
     # an input file changed: the stage that read it is redone
     (tmp_path / "out/r/data.txt").write_text("v2")
     params = load_params([yaml_path], ["eval.limit=3", "crv.votes=5"])
-    assert check_stage(run_dir(params), "01_critique", params_dict(params)).reason.endswith("data.txt changed")
+    assert check_stage(run_dir(params), CRITIQUE, params_dict(params)).reason.endswith("data.txt changed")
     fake_stages.clear()
     fifth = runner.run_pipeline([yaml_path], ["eval.limit=3", "crv.votes=5"], stages="critique", in_process=True)
-    assert fifth["executed"] == ["01_critique"]
-    assert check_stage(run_dir(params), "02_rethink", params_dict(params)).reason == "01_critique was redone after it"
+    assert fifth["executed"] == [CRITIQUE]
+    assert check_stage(run_dir(params), RETHINK, params_dict(params)).reason == f"{CRITIQUE} was redone after it"
 
     # --force redoes a matching stage
     forced = runner.run_pipeline([yaml_path], ["eval.limit=3", "crv.votes=5"], stages="critique", force=True,
                                  in_process=True)
-    assert forced["executed"] == ["01_critique"]
+    assert forced["executed"] == [CRITIQUE]
 
 
 def test_stage_that_recorded_other_params_is_compared_by_hash(tmp_path):
     params = load_params([_params_file(tmp_path)])
     tree = params_dict(params)
-    open_stage(run_dir(params), "04_sft", {"eval": tree["eval"]}).finish()  # nothing SFT depends on
-    assert check_stage(run_dir(params), "04_sft", tree).reason == "parameters changed (params_hash differs)"
-    open_stage(run_dir(params), "04_sft", tree).finish()  # the whole parameter set
-    assert check_stage(run_dir(params), "04_sft", tree).fresh
+    open_stage(run_dir(params), SFT, {"eval": tree["eval"]}).finish()  # nothing SFT depends on
+    assert check_stage(run_dir(params), SFT, tree).reason == "parameters changed (params_hash differs)"
+    open_stage(run_dir(params), SFT, tree).finish()  # the whole parameter set
+    assert check_stage(run_dir(params), SFT, tree).fresh
 
 
 def test_in_process_failure_names_the_stage(tmp_path, monkeypatch):
@@ -103,7 +106,7 @@ def test_in_process_failure_names_the_stage(tmp_path, monkeypatch):
         raise ValueError("bad row")
 
     monkeypatch.setattr(runner, "stage_function", lambda stage: boom)
-    with pytest.raises(runner.PipelineError, match="stage 01_critique failed: ValueError: bad row"):
+    with pytest.raises(runner.PipelineError, match=f"stage {CRITIQUE} failed: ValueError: bad row"):
         runner.run_pipeline([_params_file(tmp_path)], in_process=True)
 
 
@@ -139,9 +142,9 @@ def test_kernel_is_this_interpreter():
 @pytest.mark.slow
 def test_failing_notebook_names_notebook_and_cell(tmp_path):
     src = _notebook(tmp_path / "fails.ipynb", "x = 1", "y = x + 1", "raise ValueError(f'broken at {y}')", "z = 3")
-    out = tmp_path / "run" / "notebooks" / "01_critique.ipynb"
+    out = tmp_path / "run" / "notebooks" / f"{CRITIQUE}.ipynb"
     with pytest.raises(runner.PipelineError) as err:
-        runner.execute_notebook("01_critique", out, {"x": 2}, kernel_name=runner.ensure_kernel(), source=src)
+        runner.execute_notebook(CRITIQUE, out, {"x": 2}, kernel_name=runner.ensure_kernel(), source=src)
     msg = str(err.value)
     # cell 3 counting the injected parameters cell; In [4] as Jupyter numbers it
     assert str(out) in msg and "cell 3 (In [4]: \"raise ValueError(f'broken at {y}')\")" in msg
@@ -156,12 +159,12 @@ def test_stage_keys_of_its_own_are_compared(tmp_path):
     params = load_params([_params_file(tmp_path)])
     tree = params_dict(params)
     run = run_dir(params)
-    open_stage(run, "03_pairs", {"pairs": tree["pairs"], "sft_model": params.sft.model}).finish()
-    assert check_stage(run, "03_pairs", tree).fresh
-    changed = params_dict(load_params([_params_file(tmp_path)], ["sft.model=tiny:llama"]))
-    assert check_stage(run, "03_pairs", changed).reason == "parameter 'sft.model' changed"
-    open_stage(run, "04_sft", {"sft": tree["sft"], "gone_key": 1}).finish()
-    assert check_stage(run, "04_sft", tree).reason == "recorded parameter 'gone_key' names no current parameter"
+    open_stage(run, PAIRS, {"pairs": tree["pairs"], "student_model": params.student.model}).finish()
+    assert check_stage(run, PAIRS, tree).fresh
+    changed = params_dict(load_params([_params_file(tmp_path)], ["student.model=tiny:other"]))
+    assert check_stage(run, PAIRS, changed).reason == "parameter 'student.model' changed"
+    open_stage(run, SFT, {"sft": tree["sft"], "gone_key": 1}).finish()
+    assert check_stage(run, SFT, tree).reason == "recorded parameter 'gone_key' names no current parameter"
 
 
 def test_parameters_added_since_are_not_compared(tmp_path):
@@ -169,11 +172,11 @@ def test_parameters_added_since_are_not_compared(tmp_path):
     tree = params_dict(params)
     old = params_dict(params)
     del old["crv"]["critic"]["engine"]["max_retries"]  # as if the kit had no such parameter then
-    open_stage(run_dir(params), "01_critique", old).finish()
-    assert check_stage(run_dir(params), "01_critique", tree).fresh
+    open_stage(run_dir(params), CRITIQUE, old).finish()
+    assert check_stage(run_dir(params), CRITIQUE, tree).fresh
     old["crv"]["critic"]["engine"]["retired_option"] = 1  # a parameter the kit no longer has
-    open_stage(run_dir(params), "01_critique", old).finish()
-    assert check_stage(run_dir(params), "01_critique", tree).reason == "parameter 'crv.critic' changed"
+    open_stage(run_dir(params), CRITIQUE, old).finish()
+    assert check_stage(run_dir(params), CRITIQUE, tree).reason == "parameter 'crv.critic' changed"
 
 
 def test_moved_or_copied_run_folder_still_matches(tmp_path, fake_stages):
@@ -186,7 +189,7 @@ def test_moved_or_copied_run_folder_still_matches(tmp_path, fake_stages):
     runner.run_pipeline([yaml_path], in_process=True)
     shutil.copytree(tmp_path / "out", tmp_path / "moved")  # new mtimes in copy order, inputs recorded elsewhere
     shutil.rmtree(tmp_path / "out")
-    os.utime(tmp_path / "moved/r/01_critique/manifest.json")  # the first stage now looks newest
+    os.utime(manifest_path(tmp_path / "moved/r", "critique"))  # the first stage now looks newest
     fake_stages.clear()
     again = runner.run_pipeline([yaml_path], [f"run.output_dir={tmp_path / 'moved'}"], in_process=True)
     assert again["executed"] == [] and fake_stages == []
@@ -194,4 +197,4 @@ def test_moved_or_copied_run_folder_still_matches(tmp_path, fake_stages):
     # without the runner's record, a newer upstream manifest means the stage is redone
     (tmp_path / "moved/r/notebooks/pipeline_state.json").unlink()
     params = load_params([yaml_path], [f"run.output_dir={tmp_path / 'moved'}"])
-    assert check_stage(run_dir(params), "02_rethink", params_dict(params)).reason == "01_critique was redone after it"
+    assert check_stage(run_dir(params), RETHINK, params_dict(params)).reason == f"{CRITIQUE} was redone after it"

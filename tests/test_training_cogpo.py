@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cogpo_kit.models.resolve import hf_path
 
 pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
@@ -19,9 +18,8 @@ GAPS = ["small", "medium", "large", "medium"]
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    path = hf_path("tiny:llama")
-    return path, AutoTokenizer.from_pretrained(path)
+def tiny(tiny_model_path):
+    return tiny_model_path, AutoTokenizer.from_pretrained(tiny_model_path)
 
 
 def _dataset(betas):
@@ -63,6 +61,7 @@ def _loss_and_grads(trainer, batch):
 
 
 @pytest.mark.parametrize("mode", ["full", "lora", "precompute"])
+@pytest.mark.builds_model
 def test_equal_betas_match_trl_dpo(tiny, tmp_path, mode):
     path, tok = tiny
     ds = _dataset([0.1] * 4)
@@ -115,6 +114,7 @@ def _formula_check(trainer, batch, beta_of):
     return h, beta, expected
 
 
+@pytest.mark.builds_model
 def test_mixed_betas_follow_the_formula(tiny, tmp_path):
     path, tok = tiny
     betas = [0.1, 0.2, 0.5, 0.2]
@@ -131,6 +131,7 @@ def test_mixed_betas_follow_the_formula(tiny, tmp_path):
     assert m["small_gap/rewards/margins"][-1] == pytest.approx((0.1 * h[0]).item(), abs=1e-5)
 
 
+@pytest.mark.builds_model
 def test_eq4_and_beta_dpo_modes(tiny, tmp_path):
     path, tok = tiny
     betas = [0.1, 0.2, 0.5, 0.2]
@@ -161,6 +162,7 @@ def test_eq4_and_beta_dpo_modes(tiny, tmp_path):
     _formula_check(tr, batch, second)
 
 
+@pytest.mark.builds_model
 def test_beta_dpo_trainer_equals_reference_code(tiny, tmp_path):
     """Two micro-steps of beta-DPO with its filter against the reference transcription in test_training_losses."""
     from test_training_losses import _ReferenceBetaDPO
@@ -192,7 +194,7 @@ def test_beta_dpo_trainer_equals_reference_code(tiny, tmp_path):
 
 
 def test_preference_stage_defaults_run_beta_dpo_and_simpo_as_published():
-    from cogpo_kit.training.params import PreferenceParams
+    from cogpo_kit.training.config import PreferenceParams
     from cogpo_kit.training.preference import method_specs
 
     specs = {s.name: s for s in method_specs(PreferenceParams())}
@@ -212,6 +214,7 @@ def test_preference_stage_defaults_run_beta_dpo_and_simpo_as_published():
         trl_simpo_gamma(0.3, 2.0, "other")
 
 
+@pytest.mark.builds_model
 def test_simpo_gamma_is_trl_margin(tiny, tmp_path):
     """TRL's simpo_gamma is the margin itself: loss = -log sigmoid(beta * (avg_w - avg_l) - gamma)."""
     from cogpo_kit.training.preference import preference_dataset
@@ -228,6 +231,7 @@ def test_simpo_gamma_is_trl_margin(tiny, tmp_path):
     assert torch.allclose(losses, -F.logsigmoid(2.0 * (chosen - rejected) - 0.3), atol=1e-6)
 
 
+@pytest.mark.builds_model
 def test_config_and_dataset_errors(tiny, tmp_path):
     path, tok = tiny
     with pytest.raises(ValueError, match="sigmoid loss only"):

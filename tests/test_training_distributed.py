@@ -16,7 +16,7 @@ from test_pairs_fixtures import write_crv_fixture
 
 PARAMS = """
 run: {{output_dir: {out}, run_id: one}}
-sft: {{model: "tiny:llama"}}
+student: {{model: "tiny:llama"}}
 pairs: {{max_length: 256}}
 preference:
   methods: [cogpo, beta_dpo]
@@ -33,6 +33,7 @@ def _rows(run: Path, method: str) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.builds_model
 def test_two_processes_match_one(tmp_path):
     from cogpo_kit.params import load_params
     from cogpo_kit.pairs.stage import run_pairs

@@ -29,6 +29,7 @@ def test_variants_share_prompts_and_the_baseline_is_the_whole_dataset(tmp_path):
         sft_rows(art, "dpo")
 
 
+@pytest.mark.builds_model
 def test_sft_loss_is_on_the_response_only(tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer

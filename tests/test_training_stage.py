@@ -16,7 +16,7 @@ from cogpo_kit.io import DataError
 from cogpo_kit.params import load_params
 from test_pairs_fixtures import write_crv_fixture
 
-FAST = ["sft.model=tiny:llama", "pairs.max_length=256",
+FAST = ["student.model=tiny:llama", "pairs.max_length=256",
         "sft.optim.max_steps=1", "sft.optim.per_device_batch_size=2", "sft.optim.max_length=256",
         "sft.optim.learning_rate=0.001",
         "preference.optim.max_steps=1", "preference.optim.per_device_batch_size=2",
@@ -32,6 +32,7 @@ def _metrics(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.builds_model
 def test_sft_then_preference_end_to_end(tmp_path):
     from cogpo_kit.models.resolve import load_causal_lm
     from cogpo_kit.pairs.stage import run_pairs
@@ -61,6 +62,7 @@ def test_sft_then_preference_end_to_end(tmp_path):
         assert m["methods"][method]["steps"] == 1 and "rewards/margins" in m["methods"][method]["final"]
 
 
+@pytest.mark.builds_model
 def test_zero_pairs_and_missing_sft_model_give_copies_with_notes(tmp_path):
     from cogpo_kit.models.resolve import hf_path
     from cogpo_kit.training.stage import run_preference
@@ -92,6 +94,7 @@ def test_bad_pairs_fail_before_training(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.builds_model
 def test_sft_resumes_after_a_kill(tmp_path):
     write_crv_fixture(tmp_path / "r")
     cfg = tmp_path / "p.yaml"

@@ -1,7 +1,9 @@
-"""The browsers built on a fake run and driven through their controls, as a user would."""
+"""The browsers built on a fake run (every artifact written by the kit's own writers) and driven through
+their controls, as a user would."""
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -9,13 +11,11 @@ import pytest
 from cogpo_kit.params import load_params
 from cogpo_kit.viz.artifacts import Run
 from cogpo_kit.viz.widgets import CoTComparison, PairBrowser, SampleBrowser
-from fake_run import make_fake_run
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Run:
-    root = tmp_path_factory.mktemp("widgets")
-    return Run.from_params(load_params([make_fake_run(root)]))
+def run(fake_run) -> Run:
+    return Run.from_params(load_params([fake_run]))
 
 
 def _shown_id(view) -> str:
@@ -102,9 +102,10 @@ def test_pair_browser(run):
     assert view.position.value == f"1 / {len(small)}"
     view.next_button.click()
     shown = view.html.value
-    assert small[1]["id"] in shown
+    assert html.escape(small[1]["id"]) in shown
     assert 'gap <span class="ck-badge ">small</span>' in shown and 'β <span class="ck-badge ">0.1</span>' in shown
-    assert f"Chosen · {small[1]['chosen_kind']}" in shown and "Rejected · original" in shown
+    assert f"Chosen · {html.escape(small[1]['chosen_kind'])}" in shown
+    assert f"Rejected · {html.escape(small[1]['rejected_kind'])}" in shown  # the original CoT
     assert "ck-add" in shown  # each side's own words are highlighted
     view.gap_filter.value = "large"
     assert 'β <span class="ck-badge ">0.5</span>' in view.html.value

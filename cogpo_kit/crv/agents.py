@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from cogpo_kit.crv.config import AgentConfig, CRVConfig
+from cogpo_kit.crv.config import AgentParams, CRVParams
 from cogpo_kit.crv.prompts import CRITIC_LABELS, VERIFIER_LABELS, build_messages
-from cogpo_kit.engines.base import Completion, EngineError, Request
-from cogpo_kit.engines.config import SamplingConfig
+from cogpo_kit.engines.base import Completion, EngineError, Request, TagStats, capabilities_of
+from cogpo_kit.engines.config import SamplingParams
 from cogpo_kit.io import stable_hash
 
 ROLES = ("critic", "expand", "simplify", "verifier", "corrupt", "student")
@@ -29,7 +29,7 @@ class Role:
 
     name: str
     engine_key: str
-    sampling: SamplingConfig
+    sampling: SamplingParams
     system_prompt: Optional[str] = None
     user_template: Optional[str] = None
     constrained: bool = True
@@ -108,8 +108,7 @@ class Agents:
 
     def can_stream(self, engine_key: str) -> bool:
         """Whether the engine takes requests while it runs (:meth:`stream`)."""
-        engine = self.engines[engine_key]
-        return hasattr(engine, "stream") and bool(getattr(engine, "accepts_more", False))
+        return capabilities_of(self.engines[engine_key]).streams_requests
 
     def stream(self, engine_key: str, on_done: Callable[[int, list[Completion]], None],
                more: Callable[[], Sequence[Request]]) -> None:
@@ -137,10 +136,9 @@ class Agents:
         """``stats_by_tag()`` of the cached engines, merged over engines."""
         merged: dict[str, dict] = {}
         for engine in self.engines.values():
-            fn = getattr(engine, "stats_by_tag", None)
-            if fn is None:
+            if not isinstance(engine, TagStats):
                 continue
-            for tag, stats in fn().items():
+            for tag, stats in engine.stats_by_tag().items():
                 slot = merged.setdefault(tag, {})
                 for k, v in stats.items():
                     if isinstance(v, (int, float)):
@@ -159,13 +157,13 @@ class Agents:
                 pass
 
 
-def _seeded(sampling: SamplingConfig, run_seed: int) -> SamplingConfig:
+def _seeded(sampling: SamplingParams, run_seed: int) -> SamplingParams:
     """An agent's seed: its own when set (non-zero), else the run's seed."""
     return sampling if sampling.seed else dataclasses.replace(sampling, seed=run_seed)
 
 
-def role_configs(crv: CRVConfig) -> dict[str, AgentConfig]:
-    """Each Rethinker/Verifier/Critic role's :class:`AgentConfig` (``simplify``/``corrupt`` fall back to the
+def role_configs(crv: CRVParams) -> dict[str, AgentParams]:
+    """Each Rethinker/Verifier/Critic role's :class:`AgentParams` (``simplify``/``corrupt`` fall back to the
     Rethinker's engine and sampling, with their own paper prompt)."""
     base = dataclasses.replace(crv.rethinker, system_prompt=None, user_template=None)
     return {
@@ -177,8 +175,8 @@ def role_configs(crv: CRVConfig) -> dict[str, AgentConfig]:
     }
 
 
-def make_roles(crv: CRVConfig, *, run_seed: int, engine_keys: dict[str, str],
-               student_sampling: Optional[SamplingConfig] = None,
+def make_roles(crv: CRVParams, *, run_seed: int, engine_keys: dict[str, str],
+               student_sampling: Optional[SamplingParams] = None,
                student_think_end: Optional[str] = None) -> dict[str, Role]:
     """Roles named in ``engine_keys`` (role -> engine key)."""
     configs = role_configs(crv)
@@ -186,7 +184,7 @@ def make_roles(crv: CRVConfig, *, run_seed: int, engine_keys: dict[str, str],
     for name, key in engine_keys.items():
         if name == "student":
             roles[name] = Role(name="student", engine_key=key,
-                               sampling=_seeded(student_sampling or SamplingConfig(), run_seed),
+                               sampling=_seeded(student_sampling or SamplingParams(), run_seed),
                                constrained=False, max_reasks=0, think_end=student_think_end or "</think>")
             continue
         cfg = configs[name]
@@ -197,7 +195,7 @@ def make_roles(crv: CRVConfig, *, run_seed: int, engine_keys: dict[str, str],
     return roles
 
 
-def roles_needed(crv: CRVConfig, stage: str) -> tuple[str, ...]:
+def roles_needed(crv: CRVParams, stage: str) -> tuple[str, ...]:
     """Roles a stage calls under ``crv`` (``critique`` or ``rethink``)."""
     if stage == "critique":
         return ("critic",)
@@ -220,7 +218,7 @@ def build_agents(params, stage: str, *, engines: Optional[dict[str, Any]] = None
 
     ``engines`` (role -> engine) replaces building for the roles it names (tests, benchmarks).
     """
-    crv: CRVConfig = params.crv
+    crv: CRVParams = params.crv
     configs = role_configs(crv)
     names = roles_needed(crv, stage)
     default_cache = str(Path(params.run.output_dir) / "cache" / "responses.sqlite")
@@ -264,8 +262,8 @@ def build_agents(params, stage: str, *, engines: Optional[dict[str, Any]] = None
     return Agents(roles=roles, engines=engines_out, owned=owned)
 
 
-def agents_on(engine: Any, crv: CRVConfig, *, run_seed: int = 0, roles: Iterable[str] = ROLES,
-              student_sampling: Optional[SamplingConfig] = None) -> Agents:
+def agents_on(engine: Any, crv: CRVParams, *, run_seed: int = 0, roles: Iterable[str] = ROLES,
+              student_sampling: Optional[SamplingParams] = None) -> Agents:
     """All ``roles`` served by one engine (tests, benchmarks, the Table 1 study)."""
     keys = {name: "engine" for name in roles}
     return Agents(roles=make_roles(crv, run_seed=run_seed, engine_keys=keys, student_sampling=student_sampling),

@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 
 
 @dataclass(frozen=True)
-class AgentConfig:
+class AgentParams:
     """One agent: its engine, model, sampling and prompt."""
 
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: EngineParams = field(default_factory=EngineParams)
     """Engine and model serving this agent."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     """Sampling settings (paper: T=0.7, top_p=0.9, top_k=50)."""
     system_prompt: Optional[str] = None
     """Override of the paper's Table 13 prompt for this agent (``None``: the paper's)."""
@@ -36,20 +36,20 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
-class CRVConfig:
+class CRVParams:
     """The Critique-Rethink-Verify algorithm (paper section 3.2)."""
 
-    critic: AgentConfig = field(default_factory=lambda: AgentConfig(sampling=SamplingConfig(max_tokens=8)))
+    critic: AgentParams = field(default_factory=lambda: AgentParams(sampling=SamplingParams(max_tokens=8)))
     """The Critic: rates each CoT easy / medium / hard for the student."""
-    rethinker: AgentConfig = field(default_factory=AgentConfig)
+    rethinker: AgentParams = field(default_factory=AgentParams)
     """The Rethinker: expands easy CoTs (and serves ``simplifier``/``corrupter`` when they are unset)."""
-    simplifier: Optional[AgentConfig] = None
+    simplifier: Optional[AgentParams] = None
     """The Rethinker simplifying hard CoTs (``None``: ``rethinker``'s engine and sampling with the
     paper's simplifying prompt)."""
-    corrupter: Optional[AgentConfig] = None
+    corrupter: Optional[AgentParams] = None
     """The Rethinker writing incorrect CoTs (``None``: ``rethinker``'s engine and sampling with the
     paper's corrupting prompt)."""
-    verifier: AgentConfig = field(default_factory=lambda: AgentConfig(sampling=SamplingConfig(max_tokens=8)))
+    verifier: AgentParams = field(default_factory=lambda: AgentParams(sampling=SamplingParams(max_tokens=8)))
     """The Verifier (``judge`` mode) or the student (``student_solve`` mode)."""
     votes: int = 3
     """Critic votes per CoT; majority wins."""

@@ -12,8 +12,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from cogpo_kit.crv.agents import Agents
 from cogpo_kit.crv.critic import LabelResult
-
-LEVELS = ("easy", "medium", "hard")
+from cogpo_kit.levels import LEVELS
 
 
 def _share(part: int, whole: int) -> Optional[float]:
@@ -160,7 +159,7 @@ def funnel_table(funnel: dict) -> str:
     sft = funnel["sft"]
     med = funnel.get("medium", {})
     lines = ["| step | count |", "|---|---|", f"| CoTs in | {funnel['examples']} |"]
-    for k in ("easy", "medium", "hard", "none"):
+    for k in (*LEVELS, "none"):
         lines.append(f"| rated {k} | {lv.get(k, 0)} |")
     for outcome, n in sorted(med.items()):
         lines.append(f"| medium: {outcome} | {n} |")

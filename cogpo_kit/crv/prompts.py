@@ -11,6 +11,8 @@ from __future__ import annotations
 import string
 from typing import Optional
 
+from cogpo_kit.levels import LEVELS
+
 CRITIC = """You are a highly capable evaluator.
 Your task is to assess the given reasoning process from the perspective of a small language model (e.g., 7B).
 Specifically, determine whether the reasoning process provides sufficient detail for a small model to solve the problem, or whether it is too terse (i.e., lacking critical details) or too complex (i.e., containing unnecessary or confusing steps).
@@ -69,7 +71,7 @@ USER_TEMPLATES = {
 
 TEMPLATE_FIELDS = ("problem", "answer", "reasoning")
 
-CRITIC_LABELS = ("easy", "medium", "hard")
+CRITIC_LABELS = LEVELS
 VERIFIER_LABELS = ("YES", "NO")
 
 

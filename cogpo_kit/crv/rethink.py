@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from cogpo_kit.answers.response import answer_kind, format_response, reached_answer, same_answer
 from cogpo_kit.crv.agents import Agents
-from cogpo_kit.crv.config import CRVConfig
+from cogpo_kit.crv.config import CRVParams
 from cogpo_kit.crv.critic import ask_label
 from cogpo_kit.crv.gates import answer_gate, output_problem
 from cogpo_kit.crv.parse import answer_part
@@ -78,7 +78,7 @@ class IncorrectOutcome:
 class Rethink:
     """The workflows of one stage run, bound to its agents and CRV parameters."""
 
-    def __init__(self, agents: Agents, crv: CRVConfig):
+    def __init__(self, agents: Agents, crv: CRVParams):
         self.agents = agents
         self.crv = crv
         self.label_results: list = []

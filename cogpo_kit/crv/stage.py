@@ -29,9 +29,10 @@ from cogpo_kit.crv.rethink import Rethink, incorrect_row, sft_row
 from cogpo_kit.crv.scheduler import Scheduler
 from cogpo_kit.crv.studies import equal_level_subsets
 from cogpo_kit.data.records import CoTRecord
-from cogpo_kit.io import DataError, atomic_write_jsonl, read_jsonl
-from cogpo_kit.params import load_params, params_dict
+from cogpo_kit.io import DataError, read_jsonl
+from cogpo_kit.params.loader import params_dict
 from cogpo_kit.pipeline.stage import open_stage, read_manifest, run_dir
+from cogpo_kit.pipeline.stages import artifact_path, stage_path
 
 
 def _report_dict(report: Any) -> Any:
@@ -47,7 +48,7 @@ def _report_dict(report: Any) -> Any:
 def _load_records(params, stage) -> tuple[list[CoTRecord], Any]:
     from cogpo_kit.data.loaders import load_cot
 
-    rejects = stage.file("rejects.jsonl") if params.data.on_invalid == "reject" else None
+    rejects = stage.artifact("rejects") if params.data.on_invalid == "reject" else None
     records, report = load_cot(params.data, rejects_path=rejects, logger=stage.logger)
     for path in getattr(report, "paths", None) or ([params.data.path] if params.data.path else []):
         if Path(path).exists():
@@ -92,7 +93,7 @@ def run_critique(params, *, records: Optional[Sequence[CoTRecord]] = None,
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"duplicate id '{dup}' in the CoT records", field="id")
-    atomic_write_jsonl(stage.file("input.jsonl"), [r.to_dict() for r in records])
+    stage.write("input", [r.to_dict() for r in records])
     stage.logger.info("critique: %d CoTs, %d votes each (early exit %s)", len(records), crv.votes, crv.early_exit)
     agents = build_agents(params, "critique", engines=engines)
     _attach(agents, stage)
@@ -114,7 +115,7 @@ def run_critique(params, *, records: Optional[Sequence[CoTRecord]] = None,
         main, probes = results[:len(records)], results[len(records):]
         rows = [_critique_row(rec, r, probes[i] if i < len(probes) else None) for i, (rec, r) in
                 enumerate(zip(records, main))]
-        atomic_write_jsonl(stage.file("critiques.jsonl"), rows)
+        stage.write("critiques", rows)
         levels = level_counts([r.label for r in main])
         ee = early_exit_stats(main, crv.votes)
         funnel = {
@@ -149,8 +150,8 @@ def _label_notes(stage, labels: dict) -> None:
 
 
 def _read_critique(run_path: Path) -> tuple[list[CoTRecord], dict[str, dict], Path, Path]:
-    src = run_path / "01_critique"
-    inp, crit = src / "input.jsonl", src / "critiques.jsonl"
+    src = stage_path(run_path, "critique")
+    inp, crit = artifact_path(run_path, "input"), artifact_path(run_path, "critiques")
     if read_manifest(run_path, "critique") is None or not inp.exists() or not crit.exists():
         raise FileNotFoundError(f"{src}: no finished critique stage (manifest.json, input.jsonl, critiques.jsonl); "
                                 "run the critique stage first")
@@ -204,19 +205,19 @@ def run_rethink(params, *, engines: Optional[dict[str, Any]] = None, naive: bool
             raise
         outcomes, incorrect, probes = results[:n], results[n:n + n_inc], results[n + n_inc:]
         rewrites = [row for o in outcomes for row in o.attempts] + [row for o in incorrect for row in o.attempts]
-        atomic_write_jsonl(stage.file("rewrites.jsonl"), rewrites)
+        stage.write("rewrites", rewrites)
         by_id = {r.id: r for r in records}
         levels_by_id = {r.id: crits[r.id]["level"] for r in records}
         sft = [sft_row(by_id[o.id], o) for o in outcomes if o.kept]
-        atomic_write_jsonl(stage.file("sft.jsonl"), sft)
+        stage.write("sft", sft)
         inc_rows = [incorrect_row(by_id[o.id], o, levels_by_id[o.id]) for o in incorrect if o.found]
-        atomic_write_jsonl(stage.file("incorrect.jsonl"), inc_rows)
+        stage.write("incorrect", inc_rows)
         levels = level_counts([levels_by_id[r.id] for r in records])
         funnel = rethink_funnel(levels, outcomes, incorrect)
         if crv.equal_level_subsets:
             subsets, notes = equal_level_subsets(records, levels_by_id, crv.equal_level_subsets, seed=params.run.seed)
             for lv, rows in subsets.items():
-                atomic_write_jsonl(stage.file(f"sft_{lv}.jsonl"), rows)
+                stage.write("sft_level", rows, level=lv)
             funnel["equal_level_subsets"] = {lv: len(rows) for lv, rows in subsets.items()}
             for note in notes:
                 stage.note(note)
@@ -273,6 +274,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[])
     ap.add_argument("--stages", default="critique,rethink")
     args = ap.parse_args(argv)
+    from cogpo_kit.params.run import load_params
+
     params = load_params(args.params, args.overrides)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     for s in stages:

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataParams:
     """Where the CoT training data comes from and how bad rows are handled."""
 
     source: str = "gsm8k_train"

@@ -1,6 +1,6 @@
 """CoT data loaders: every source becomes a list of validated :class:`CoTRecord`.
 
-Sources (``DataConfig.source``):
+Sources (``DataParams.source``):
 
 ===================  ===============================================================================
 ``gsm8k_train``      ``data/gsm8k/train.jsonl`` (or ``path``): ``#### n`` -> answer, ``<<...>>`` removed
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
-from cogpo_kit.data.config import DataConfig
+from cogpo_kit.data.config import DataParams
 from cogpo_kit.data.parsers import OUR_FIELDS, PARSERS, RowContext, RowProblem, detect_format
 from cogpo_kit.data.readers import RawRow, data_root, iter_hub_rows, iter_rows
 from cogpo_kit.data.records import CoTRecord
@@ -116,7 +116,7 @@ def _hub_rows(spec: LoaderSpec) -> Iterator[RawRow]:
     return iter_hub_rows(spec.hub, ds)
 
 
-def _source_rows(spec: LoaderSpec, config: DataConfig) -> tuple[list[str], Iterator[RawRow]]:
+def _source_rows(spec: LoaderSpec, config: DataParams) -> tuple[list[str], Iterator[RawRow]]:
     if config.path:
         return [str(config.path)], iter_rows(config.path)
     if spec.default_path:
@@ -127,7 +127,7 @@ def _source_rows(spec: LoaderSpec, config: DataConfig) -> tuple[list[str], Itera
     raise DataError(f"data source '{spec.name}' needs data.path (a JSONL, JSON or parquet file)", field="data.path")
 
 
-def _check_config(config: DataConfig, spec: LoaderSpec) -> None:
+def _check_config(config: DataParams, spec: LoaderSpec) -> None:
     if config.on_invalid not in ("error", "reject"):
         raise DataError(f"data.on_invalid must be 'error' or 'reject', got {config.on_invalid!r}",
                         field="data.on_invalid")
@@ -184,7 +184,7 @@ def validate_rows(rows: Iterable[RawRow], *, source: str, fmt: str, fields: dict
     return records, report
 
 
-def select(records: list[CoTRecord], config: DataConfig) -> list[CoTRecord]:
+def select(records: list[CoTRecord], config: DataParams) -> list[CoTRecord]:
     """Shuffle with ``config.seed`` (when ``config.shuffle``), then keep the first ``config.limit``."""
     out = list(records)
     if config.shuffle:
@@ -201,7 +201,7 @@ def write_rejects(report: LoadReport, path: str | os.PathLike) -> Path:
     return out
 
 
-def load_cot(config: DataConfig, *, rejects_path: str | os.PathLike | None = None,
+def load_cot(config: DataParams, *, rejects_path: str | os.PathLike | None = None,
              logger: logging.Logger | None = None) -> tuple[list[CoTRecord], LoadReport]:
     """Load, validate, shuffle and limit a CoT dataset (see the module docstring).
 
@@ -251,7 +251,7 @@ def load_source(source: str, *, path: str | os.PathLike | None = None, on_invali
     format raises :class:`DataError`.
     """
     if source in LOADERS:
-        config = DataConfig(source=source, path=str(path) if path else None, shuffle=False,
+        config = DataParams(source=source, path=str(path) if path else None, shuffle=False,
                             on_invalid=on_invalid,  # type: ignore[arg-type]
                             strip_format_instructions=strip_format_instructions)
         return load_cot(config, rejects_path=rejects_path)
@@ -259,7 +259,7 @@ def load_source(source: str, *, path: str | os.PathLike | None = None, on_invali
     if fmt is None:
         raise DataError("no CoT format recognised (expected GSM8K, LIMO, conversations, or problem/answer/"
                         "reasoning fields; map other fields with data.source: file and data.fields)", path=source)
-    _check_config(DataConfig(source="file", path=str(source), on_invalid=on_invalid), LOADERS["file"])  # type: ignore[arg-type]
+    _check_config(DataParams(source="file", path=str(source), on_invalid=on_invalid), LOADERS["file"])  # type: ignore[arg-type]
     report = LoadReport(source=fmt, paths=[str(source)])
     records, report = validate_rows(iter_rows(source), source=fmt, fmt=fmt, on_invalid=on_invalid, report=report,
                                     strip_instructions=strip_format_instructions)

@@ -12,7 +12,7 @@ Formats:
   is the reasoning with the calculator annotations ``<<...>>`` removed; the answer is ``n`` without
   thousands commas. Id ``gsm8k-<file stem>-<line-1>``.
 - ``limo``: ``id``, ``question``, ``solution`` (the reasoning trace), ``gold_answer``. Id ``limo-<id>``.
-- ``mapped``: our field names mapped to the file's (``DataConfig.fields``); id ``<file stem>-<line-1>``
+- ``mapped``: our field names mapped to the file's (``DataParams.fields``); id ``<file stem>-<line-1>``
   when the row has none.
 - ``conversations``: Bespoke-Stratos / OpenThoughts / Sky-T1: ``conversations`` = user and assistant
   turns (``from``/``value`` or ``role``/``content``), id ``<source>-<row index>`` when the row has
@@ -23,7 +23,7 @@ Formats:
   The dataset's own answer-format instruction around the user's problem (every Bespoke-Stratos math
   problem starts ``Return your final response within \\boxed{}.``, every code problem
   ``Generate an executable Python function generated from the given prompt. ...``) is removed from
-  the problem (see :data:`ANSWER_FORMAT_INSTRUCTIONS`; ``DataConfig.strip_format_instructions``
+  the problem (see :data:`ANSWER_FORMAT_INSTRUCTIONS`; ``DataParams.strip_format_instructions``
   turns it off): the agents and the student get their own instruction from the kit's prompts, and
   two would disagree. The removed text is kept in ``meta["format_instructions"]``.
 """
@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
+
+from cogpo_kit.answers.extraction import find_boxed
 
 OUR_FIELDS = ("id", "problem", "answer", "reasoning")
 
@@ -263,18 +265,19 @@ def split_thought_solution(text: str) -> tuple[str, str] | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, else ``None``."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
-    return None
+    """Content of the last box opened in ``text`` (boxes found by
+    :func:`cogpo_kit.answers.extraction.find_boxed`, the one box parser), else ``None``.
+
+    The last box at each depth: ``\\boxed{\\boxed{7}}`` gives ``7``. Only the last box, not
+    :func:`~cogpo_kit.answers.extraction.boxed_answer`'s group of boxes that belong together: a
+    dataset's solution that boxes ``1`` and then ``2`` has the gold answer ``2``."""
+    boxes = find_boxed(text)
+    if not boxes:
+        return None
+    content = boxes[-1][2]
+    while inner := find_boxed(content):
+        content = inner[-1][2]
+    return content
 
 
 def parse_conversations(obj: Any, ctx: RowContext) -> Parsed:

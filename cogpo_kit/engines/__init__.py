@@ -1,6 +1,6 @@
 """Inference engines: one interface, several back ends, a persistent response cache under all of them.
 
-``build_engine(config)`` builds the back end named in :class:`~cogpo_kit.engines.config.EngineConfig`
+``build_engine(config)`` builds the back end named in :class:`~cogpo_kit.engines.config.EngineParams`
 (``llamacpp``, ``transformers``, ``vllm``, ``openai``) and wraps it in
 :class:`~cogpo_kit.engines.cache.CachedEngine`. Back ends are imported only when built, so the
 CPU install works without vLLM and the HTTP engine works without torch.
@@ -14,8 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from cogpo_kit.engines.base import Completion, ContextLengthError, Engine, EngineError, Request
-from cogpo_kit.engines.config import CacheConfig, EngineConfig, SamplingConfig
+from cogpo_kit.engines.base import (BATCH_ONLY, Completion, ContextLengthError, Engine, EngineCapabilities,
+                                    EngineError, OpenBatchEngine, Request, RequestStream, StreamingEngine,
+                                    TagStats, capabilities_of)
+from cogpo_kit.engines.config import CacheParams, EngineParams, SamplingParams
 
 BACKENDS: dict[str, str] = {
     "llamacpp": "cogpo_kit.engines.llamacpp:LlamaCppEngine",
@@ -32,12 +34,12 @@ class UnknownEngineError(EngineError, ValueError):
     """The params name an engine that does not exist; the message lists the known ones."""
 
 
-def register_backend(name: str, target: str | Callable[[EngineConfig], Any]) -> None:
+def register_backend(name: str, target: str | Callable[[EngineParams], Any]) -> None:
     """Add a back end: ``target`` is ``"module:Class"`` or a factory ``f(config) -> engine``."""
     BACKENDS[name] = target  # type: ignore[assignment]
 
 
-def _factory(name: str) -> Callable[[EngineConfig], Any]:
+def _factory(name: str) -> Callable[[EngineParams], Any]:
     if name not in BACKENDS:
         raise UnknownEngineError(f"unknown engine '{name}'; known engines: {', '.join(sorted(BACKENDS))}")
     target = BACKENDS[name]
@@ -47,7 +49,7 @@ def _factory(name: str) -> Callable[[EngineConfig], Any]:
     return getattr(importlib.import_module(module), attr)
 
 
-def cache_key_extra(config: EngineConfig) -> dict:
+def cache_key_extra(config: EngineParams) -> dict:
     """Engine settings that change outputs and therefore belong in the cache key."""
     extra: dict = {}
     if config.thinking_end:
@@ -58,7 +60,7 @@ def cache_key_extra(config: EngineConfig) -> dict:
     return extra
 
 
-def build_engine(config: EngineConfig, *, cache_path: Optional[str] = None,
+def build_engine(config: EngineParams, *, cache_path: Optional[str] = None,
                  model: Optional[str] = None):
     """The back end named by ``config.engine`` wrapped in the persistent response cache.
 
@@ -83,6 +85,7 @@ def build_engine(config: EngineConfig, *, cache_path: Optional[str] = None,
         raise
 
 
-__all__ = ["BACKENDS", "CacheConfig", "Completion", "ContextLengthError", "Engine", "EngineConfig",
-           "EngineError", "Request", "SamplingConfig", "UnknownEngineError", "build_engine",
-           "cache_key_extra", "register_backend"]
+__all__ = ["BACKENDS", "BATCH_ONLY", "CacheParams", "Completion", "ContextLengthError", "Engine",
+           "EngineCapabilities", "EngineParams", "EngineError", "OpenBatchEngine", "Request", "RequestStream",
+           "SamplingParams", "StreamingEngine", "TagStats", "UnknownEngineError", "build_engine",
+           "cache_key_extra", "capabilities_of", "register_backend"]

@@ -9,7 +9,7 @@ ENGINE_NAMES = ("llamacpp", "transformers", "vllm", "openai")
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class SamplingParams:
     """How completions are sampled (the paper's CRV agents: T=0.7, top_p=0.9, top_k=50)."""
 
     temperature: float = 0.7
@@ -27,7 +27,7 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
-class CacheConfig:
+class CacheParams:
     """The persistent response cache (SQLite) that sits under every engine."""
 
     enabled: bool = True
@@ -42,7 +42,7 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class EngineParams:
     """Which back end serves a model, and how."""
 
     engine: Literal["llamacpp", "transformers", "vllm", "openai"] = "llamacpp"
@@ -107,5 +107,5 @@ class EngineConfig:
     max_thinking_tokens: int = 4096
     """Reasoning models: tokens allowed before the constrained answer (vLLM: a thought cut here gets
     the end-of-thinking marker, then the label)."""
-    cache: CacheConfig = field(default_factory=CacheConfig)
+    cache: CacheParams = field(default_factory=CacheParams)
     """The response cache under this engine."""

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Callable, Optional, Sequence
 
-from cogpo_kit.engines.base import Completion, EngineError, Request
+from cogpo_kit.engines.base import Completion, EngineCapabilities, EngineError, Request
 from cogpo_kit.engines.common import (apply_stop, cpu_threads, describe_request, fit_prompt,
                                       label_completion, sample_seed)
-from cogpo_kit.engines.config import EngineConfig
+from cogpo_kit.engines.config import EngineParams
 
 
 @dataclass
@@ -110,9 +110,9 @@ class TransformersEngine:
     """Any causal LM transformers can load (HF id, local folder, converted embedded model, tiny)."""
 
     name = "transformers"
-    streams_results = True
+    capabilities = EngineCapabilities(streams_results=True)
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineParams):
         import torch
 
         from cogpo_kit.models.resolve import load_causal_lm, resolve

@@ -97,3 +97,44 @@ def converted_gguf(path: str, weights: str) -> str:
             if tmp.exists():
                 tmp.unlink()
     return str(out)
+
+
+def load_model(internals, gguf_path: str, gguf_weights: str):
+    """The model at ``gguf_path`` with its weights as ``gguf_weights`` (``auto``: :func:`auto_weights`);
+    returns ``(model, weights)``, ``weights`` being the type actually used (``as_is`` or a converted one)."""
+    model = internals.LlamaModel(path_model=gguf_path, params=model_params(), verbose=False)
+    weights = auto_weights(model) if gguf_weights == "auto" else gguf_weights
+    if weights != "as_is":
+        gguf = converted_gguf(gguf_path, weights)
+        model.close()
+        model = internals.LlamaModel(path_model=gguf, params=model_params(), verbose=False)
+    return model, weights
+
+
+def parallel_sequences(model, batch_size: int, kv_cache_mb: int, context_length: int) -> int:
+    """Sequences decoded together: ``batch_size``, fewer if their KV streams of ``context_length``
+    tokens exceed ``kv_cache_mb``."""
+    import llama_cpp as llama
+
+    m = model.model
+    n_embd, n_head = llama.llama_model_n_embd(m), max(1, llama.llama_model_n_head(m))
+    per_token = 2 * llama.llama_model_n_layer(m) * (n_embd // n_head) * llama.llama_model_n_head_kv(m) * 2
+    fit = int(kv_cache_mb) * 2**20 // max(1, per_token * int(context_length))
+    return max(1, min(int(batch_size), fit))
+
+
+def context_params(n_parallel: int, n_ctx: int, n_batch: int, threads: int):
+    """llama.cpp context parameters: ``n_parallel`` KV streams of ``n_ctx`` tokens (one per sequence,
+    attention only over its own cells), steps of up to ``n_batch`` tokens, ``threads`` CPU threads."""
+    import llama_cpp
+
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_seq_max = n_parallel
+    cp.n_ctx = n_ctx * cp.n_seq_max
+    cp.n_batch = n_batch
+    cp.n_ubatch = n_batch
+    cp.kv_unified = False  # one KV stream per sequence: attention only over its own cells
+    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # faster here on CPU, as create_chat_completion
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.no_perf = True
+    return cp

@@ -2,7 +2,7 @@
 
 ``python -m cogpo_kit.engines.llamacpp_server --model FILE.gguf --host 127.0.0.1 --port N``
 takes the same arguments as ``python -m llama_cpp.server`` and runs that server unchanged, except
-that models load with :func:`cogpo_kit.engines.llamacpp.model_params` (llama.cpp's AMX kernels
+that models load with :func:`cogpo_kit.engines.llamacpp_model.model_params` (llama.cpp's AMX kernels
 switched off on CPUs that report AMX, where they may die with SIGILL inside containers).
 """
 

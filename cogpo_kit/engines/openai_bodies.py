@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from cogpo_kit.engines.base import Request
 from cogpo_kit.engines.common import choices_grammar, label_budget, sample_seed
-from cogpo_kit.engines.config import EngineConfig
+from cogpo_kit.engines.config import EngineParams
 
 STRUCTURED_OUTPUTS_SINCE = (0, 11)
 """First vLLM release whose server reads ``structured_outputs`` (older ones read ``guided_choice``)."""
@@ -89,7 +89,7 @@ def _choice_field(server: Server, choices) -> dict:
     return {"structured_outputs": {"choice": list(choices)}}
 
 
-def request_body(request: Request, index: int, config: EngineConfig, server: Server | str) -> dict:
+def request_body(request: Request, index: int, config: EngineParams, server: Server | str) -> dict:
     """The ``/chat/completions`` body of sample ``index`` of ``request`` for ``server`` (or a flavor)."""
     if isinstance(server, str):
         server = Server(server)
@@ -123,7 +123,7 @@ def request_body(request: Request, index: int, config: EngineConfig, server: Ser
     return body
 
 
-def completion_label_body(request: Request, index: int, config: EngineConfig, server: Server,
+def completion_label_body(request: Request, index: int, config: EngineParams, server: Server,
                           prompt_ids: list[int]) -> dict:
     """The ``/completions`` body that asks the label after the thinking, at token level."""
     body: dict[str, Any] = {"model": config.model, "prompt": list(prompt_ids)}

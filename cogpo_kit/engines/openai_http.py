@@ -28,9 +28,9 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Optional, Sequence
 
-from cogpo_kit.engines.base import Completion, ContextLengthError, EngineError, Request
+from cogpo_kit.engines.base import Completion, ContextLengthError, EngineCapabilities, EngineError, Request
 from cogpo_kit.engines.common import describe_request, error_completion, label_completion
-from cogpo_kit.engines.config import EngineConfig
+from cogpo_kit.engines.config import EngineParams
 from cogpo_kit.engines.openai_bodies import (Reply, Server, completion_label_body, flavor_from_models,
                                              parse_response, parse_tokens, parse_version, request_body)
 from cogpo_kit.engines.vllm_engine import continuation_ids
@@ -55,9 +55,9 @@ class OpenAIEngine:
     """Client of one or more OpenAI-compatible servers serving the same model."""
 
     name = "openai"
-    streams_results = True
+    capabilities = EngineCapabilities(streams_results=True)
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineParams):
         import httpx
 
         if not config.base_urls:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional, Sequence, Union
 
-from cogpo_kit.engines.base import Completion, Request
+from cogpo_kit.engines.base import Completion, EngineCapabilities, Request
 
 Responder = Callable[[Request, int], Union[str, Completion, BaseException]]
 
@@ -35,12 +35,11 @@ class ScriptedEngine:
     """An :class:`Engine` answering each sample with ``responder(request, sample_index)``."""
 
     name = "scripted"
-    streams_results = True
 
     def __init__(self, responder: Responder, model_id: str = "scripted", *, accepts_more: bool = False):
         self.responder = responder
         self.model_id = model_id
-        self.accepts_more = accepts_more
+        self.capabilities = EngineCapabilities(streams_results=True, accepts_more=accepts_more)
         self.calls = 0
         """Samples produced (one per completion returned)."""
         self.batches = 0
@@ -71,7 +70,7 @@ class ScriptedEngine:
                  more: Optional[Callable[[], Sequence[Request]]] = None) -> list[list[Completion]]:
         if self.closed:
             raise RuntimeError("ScriptedEngine.generate called after close()")
-        if more is not None and not self.accepts_more:
+        if more is not None and not self.capabilities.accepts_more:
             raise TypeError("this ScriptedEngine was made with accepts_more=False")
         queue = list(requests)
         with self._lock:

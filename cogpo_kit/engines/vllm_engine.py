@@ -14,19 +14,25 @@ under the choice constraint. Re-rendering the chat with the thinking as an assis
 not work: chat templates of reasoning models (DeepSeek-R1's) drop the thinking from assistant
 messages. ``tensor_parallel_size`` goes to ``LLM``; ``data_parallel_size > 1`` starts one ``LLM``
 per replica in its own process (:mod:`cogpo_kit.engines.vllm_replicas`) and splits the prompts.
+A planned call and its execution on an ``LLM`` (:mod:`cogpo_kit.engines.vllm_calls`) are shared with
+those replica processes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
-from cogpo_kit.engines.base import Completion, ContextLengthError, EngineError, Request
+from cogpo_kit.engines.base import BATCH_ONLY, Completion, ContextLengthError, EngineError, Request
 from cogpo_kit.engines.common import (describe_request, error_completion, label_budget, label_completion,
                                       sample_seed)
-from cogpo_kit.engines.config import EngineConfig
+from cogpo_kit.engines.config import EngineParams
+from cogpo_kit.engines.vllm_calls import Call, Row, make_sampling_params, run_call
+
+__all__ = ["Call", "Row", "VLLMEngine", "continuation_ids", "count_prompt_tokens", "llm_kwargs",
+           "make_sampling_params", "plan_calls", "run_call", "sampling_kwargs"]
 
 
 def sampling_kwargs(request: Request, index: int, *, max_tokens: Optional[int] = None,
@@ -54,24 +60,7 @@ def sampling_kwargs(request: Request, index: int, *, max_tokens: Optional[int] =
     return kw
 
 
-def make_sampling_params(vllm: Any, kwargs: dict):
-    """Build ``SamplingParams`` from :func:`sampling_kwargs` output, with the installed vLLM's
-    structured-output class for ``choice``."""
-    kw = dict(kwargs)
-    choice = kw.pop("choice", None)
-    if choice is not None:
-        sp_mod = __import__(vllm.__name__ + ".sampling_params", fromlist=["SamplingParams"])
-        if hasattr(sp_mod, "StructuredOutputsParams"):
-            kw["structured_outputs"] = sp_mod.StructuredOutputsParams(choice=choice)
-        elif hasattr(sp_mod, "GuidedDecodingParams"):
-            kw["guided_decoding"] = sp_mod.GuidedDecodingParams(choice=choice)
-        else:
-            raise EngineError("vllm: this vLLM release has neither StructuredOutputsParams nor "
-                              "GuidedDecodingParams; cannot constrain label answers")
-    return vllm.SamplingParams(**kw)
-
-
-def llm_kwargs(config: EngineConfig, model_path: str) -> dict:
+def llm_kwargs(config: EngineParams, model_path: str) -> dict:
     """Keyword arguments of ``vllm.LLM`` for one replica."""
     kw: dict[str, Any] = {
         "model": model_path,
@@ -83,35 +72,7 @@ def llm_kwargs(config: EngineConfig, model_path: str) -> dict:
     return kw
 
 
-@dataclass
-class Call:
-    """One ``LLM.chat`` (or ``LLM.generate`` for token prompts) call: a list of prompts."""
-
-    prompts: list = field(default_factory=list)
-    """Conversations (lists of messages), or ``{"prompt_token_ids": [...]}`` for token prompts."""
-    params: list[dict] = field(default_factory=list)
-    keys: list[tuple[int, int]] = field(default_factory=list)
-    tokens: bool = False
-
-
-@dataclass
-class Row:
-    """What one prompt of a call produced."""
-
-    text: str
-    finish: str
-    """``stop``, ``length`` or ``error`` (vLLM's ``abort`` and ``error``)."""
-    prompt_ids: list[int]
-    token_ids: list[int]
-
-
-def _finish(reason: Optional[str]) -> str:
-    if reason in ("error", "abort"):
-        return "error"
-    return "length" if reason == "length" else "stop"
-
-
-def plan_calls(requests: Sequence[Request], config: EngineConfig, *, phase: int = 1,
+def plan_calls(requests: Sequence[Request], config: EngineParams, *, phase: int = 1,
                continuations: Optional[dict[tuple[int, int], list[int]]] = None,
                prompt_lengths: Optional[Sequence[int]] = None,
                tokenized: Optional[dict[int, list[int]]] = None,
@@ -187,21 +148,6 @@ def continuation_ids(prompt_ids: Sequence[int], token_ids: Sequence[int], text: 
     return list(prompt_ids) + list(encode(text)) + think
 
 
-def run_call(llm: Any, vllm: Any, call: Call) -> list[Row]:
-    """Execute one planned call on an ``LLM``; one :class:`Row` per prompt."""
-    params = [make_sampling_params(vllm, p) for p in call.params]
-    if call.tokens:
-        outs = llm.generate(call.prompts, params, use_tqdm=False)
-    else:
-        outs = llm.chat(call.prompts, params, use_tqdm=False)
-    rows = []
-    for o in outs:
-        c = o.outputs[0]
-        rows.append(Row(text=c.text, finish=_finish(c.finish_reason), prompt_ids=list(o.prompt_token_ids or ()),
-                        token_ids=list(c.token_ids or ())))
-    return rows
-
-
 def count_prompt_tokens(tokenizer: Any, messages: Sequence[dict]) -> list[int]:
     """The token ids of a chat prompt as vLLM builds them: the template rendered to text, then
     tokenized without special tokens (the template writes its own). transformers 5 returns a
@@ -214,9 +160,9 @@ class VLLMEngine:
     """Offline vLLM engine (one ``LLM``, or one per data-parallel replica)."""
 
     name = "vllm"
-    streams_results = False
+    capabilities = BATCH_ONLY
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineParams):
         try:
             import vllm
         except ImportError as exc:

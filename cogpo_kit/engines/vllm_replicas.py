@@ -31,7 +31,7 @@ def replica_main(rank: int, gpus: str, kwargs: dict, conn) -> None:  # pragma: n
     try:
         import vllm
 
-        from cogpo_kit.engines.vllm_engine import run_call
+        from cogpo_kit.engines.vllm_calls import run_call
 
         llm = vllm.LLM(**kwargs)
     except BaseException:

@@ -8,7 +8,6 @@ Adding a benchmark is adding one entry to :data:`REGISTRY` (and a loader in
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,11 +104,12 @@ KNOWN_SIZE_DEPARTURES: dict[str, tuple[int, str]] = {
 
 
 def data_dir(options: Optional[LoadOptions] = None) -> Path:
-    """``COGPO_DATA_DIR``, ``options.data_dir`` or the project's ``data/`` folder."""
+    """``options.data_dir``, else the kit's data root (:func:`cogpo_kit.data.readers.data_root`)."""
     if options is not None and options.data_dir:
         return Path(options.data_dir)
-    env = os.environ.get("COGPO_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+    from cogpo_kit.data.readers import data_root
+
+    return data_root()
 
 
 def get_benchmark(name: str) -> Benchmark:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,9 @@ class EvalParams:
     models: tuple[str, ...] = ("zero_shot", "sft", "crv_sft", "cogpo", "dpo", "beta_dpo", "simpo")
     """Which models to evaluate: ``zero_shot`` (the student as is), SFT variants, preference methods,
     or any model spec."""
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(engine="transformers"))
+    engine: EngineParams = field(default_factory=lambda: EngineParams(engine="transformers"))
     """Engine generating the answers (the model is filled in per evaluated model)."""
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, top_k=0, max_tokens=512))
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, top_p=1.0, top_k=0, max_tokens=512))
     """Sampling (greedy by default): the token budget (``max_tokens``), stop strings, seed, and — without a
     ``protocol`` — temperature, top-p, top-k. Long reasoners need a large budget: the paper's setting is
     16384 new tokens, SkyThought's 32768."""

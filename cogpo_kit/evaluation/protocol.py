@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from cogpo_kit.engines.config import SamplingConfig
+from cogpo_kit.engines.config import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Decoding:
     """The decoding an evaluation uses: protocol name, sampling, samples per problem."""
 
     name: str
-    sampling: SamplingConfig
+    sampling: SamplingParams
     n_samples: int
 
     @property
@@ -80,7 +80,7 @@ def token_label(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
-def resolve_decoding(protocol: Optional[str], sampling: SamplingConfig, n_samples: Optional[int]) -> Decoding:
+def resolve_decoding(protocol: Optional[str], sampling: SamplingParams, n_samples: Optional[int]) -> Decoding:
     """The decoding of ``eval.protocol`` / ``eval.sampling`` / ``eval.n_samples``; raises ``ValueError``
     for an unknown protocol, a greedy protocol with several samples, or n > 1 at temperature 0."""
     if n_samples is not None and n_samples < 1:
@@ -103,7 +103,7 @@ def resolve_decoding(protocol: Optional[str], sampling: SamplingConfig, n_sample
     return Decoding("greedy" if sampling.temperature <= 0 else "custom", sampling, n)
 
 
-def ignored_sampling_note(protocol: Optional[str], sampling: SamplingConfig) -> Optional[str]:
+def ignored_sampling_note(protocol: Optional[str], sampling: SamplingParams) -> Optional[str]:
     """A note when a preset replaced temperature / top-p / top-k that ``eval.sampling`` set explicitly."""
     if protocol is None or protocol not in PRESETS:
         return None

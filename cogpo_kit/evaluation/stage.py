@@ -32,9 +32,9 @@ from cogpo_kit.evaluation.comparison import build_comparison, comparison_csv
 from cogpo_kit.evaluation.grading import MathGrader
 from cogpo_kit.evaluation.protocol import budget_note, ignored_sampling_note
 from cogpo_kit.evaluation.scoring import grade_benchmark, problem_scores, summarize_benchmark
-from cogpo_kit.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from cogpo_kit.params import params_dict
+from cogpo_kit.params.loader import params_dict
 from cogpo_kit.pipeline.stage import open_stage, run_dir
+from cogpo_kit.pipeline.stages import artifact_path
 
 SFT_NAMES = ("sft", "crv_sft")
 PREFERENCE_NAMES = ("cogpo", "dpo", "beta_dpo", "simpo")
@@ -63,8 +63,8 @@ def resolve_eval_model(name: str, params, run_path: Path) -> tuple[Optional[str]
     """``(spec, where)`` for an evaluated model; ``spec`` is ``None`` when its checkpoint is missing."""
     if name == "zero_shot":
         return params.student.model, "student.model"
-    sft = run_path / "04_sft" / name / "model"
-    pref = run_path / "05_preference" / name / "model"
+    sft = artifact_path(run_path, "sft_model", variant=name)
+    pref = artifact_path(run_path, "preference_model", method=name)
     if name in SFT_NAMES or name in params.sft.variants or sft.exists():
         return (str(sft) if sft.exists() else None), str(sft)
     if name in PREFERENCE_NAMES or name.startswith("cogpo_x") or pref.exists():
@@ -108,11 +108,11 @@ def _default_factory(params, run_path: Path) -> EngineFactory:
 
 def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show_progress: bool = True) -> dict:
     """Run stage 06 and return its manifest."""
-    from cogpo_kit.engines import Request
+    from cogpo_kit.engines import Request, TagStats
 
     ev = params.eval
     run_path = run_dir(params)
-    st = open_stage(run_path, "06_evaluate", params_dict(params))
+    st = open_stage(run_path, "evaluate", params_dict(params))
     log = st.logger
     factory = engine_factory or _default_factory(params, run_path)
     decoding = ev.decoding()
@@ -176,7 +176,7 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
                         index.append((bname, i))
                 outs = engine.generate(reqs)
                 gen_s = time.time() - t0
-                stats = engine.stats_by_tag() if hasattr(engine, "stats_by_tag") else {}
+                stats = engine.stats_by_tag() if isinstance(engine, TagStats) else {}
                 model_id = getattr(engine, "model_id", spec)
             finally:
                 engine.close()
@@ -187,12 +187,12 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
                 by_bench[bname][i] = comps
             t1 = time.time()
             res_model, scores[name] = {}, {}
-            out_dir = st.path / model_dir_name(name)
+            folder = model_dir_name(name)
             for bname, bench in benches.items():
                 texts = [m[-1]["content"] for m in prompts[bname]]
                 rows, verdicts = grade_benchmark(bench, problems[bname], texts, by_bench[bname], ev, grader,
                                                  show_progress=show_progress)
-                atomic_write_jsonl(out_dir / f"samples_{bname}.jsonl", rows)
+                st.write("samples", rows, model=folder, benchmark=bname)
                 res_model[bname] = summarize_benchmark(bench, problems[bname], verdicts, rows, ev, protocol)
                 cut = budget_note(decoding.sampling.max_tokens, res_model[bname]["truncated"], len(rows))
                 if cut:
@@ -205,10 +205,9 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
             info = {"status": "evaluated", "spec": spec, "source": where, "model_id": model_id,
                     "generate_s": round(gen_s, 2), "grade_s": round(grade_s, 2)}
             models_info[name] = info
-            atomic_write_json(out_dir / "results.json", {"model": name, **info, "benchmarks": res_model,
-                                                         "protocol": protocol,
-                                                         "sampling": params_dict(decoding)["sampling"],
-                                                         "n_samples": decoding.n_samples})
+            st.write("results", {"model": name, **info, "benchmarks": res_model, "protocol": protocol,
+                                 "sampling": params_dict(decoding)["sampling"], "n_samples": decoding.n_samples},
+                     model=folder)
             st.agents[f"eval:{name}"] = stats
     finally:
         st.counts["math_checks"] = grader.checks
@@ -218,8 +217,8 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
 
     doc = build_comparison(results, scores, resamples=ev.bootstrap, seed=ev.seed, beta_scales=beta_scales,
                            reference=ev.compare_to, skipped=skipped, correction=ev.multiple_comparisons)
-    atomic_write_json(st.path / "comparison.json", doc)
-    atomic_write_text(st.path / "comparison.csv", comparison_csv(doc))
+    st.write("comparison", doc)
+    st.write("comparison_csv", comparison_csv(doc))
     noisy = [p for p in doc["paired"] if p["within_noise"] and doc["reference"] in (p["model_a"], p["model_b"])]
     if noisy:
         st.note(f"{len(noisy)} of the differences to '{doc['reference']}' are within noise (95% interval contains 0)")

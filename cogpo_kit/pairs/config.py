@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from cogpo_kit.answers.response import PROMPT_TEMPLATE
+from cogpo_kit.levels import GAPS
 
 
 @dataclass(frozen=True)
-class PairsConfig:
+class PairsParams:
     """Which mini-task pairs to build and the beta each gap carries."""
 
     beta_small: float = 0.1
@@ -18,7 +19,7 @@ class PairsConfig:
     """Beta of medium-gap pairs (r_orig, r~): correct but unsuitable vs incorrect."""
     beta_large: float = 0.5
     """Beta of large-gap pairs (r_med, r~_med) and (r*, r~): suitable and correct vs incorrect."""
-    gaps: tuple[str, ...] = ("small", "medium", "large")
+    gaps: tuple[str, ...] = GAPS
     """Mini-tasks to include."""
     max_length: int = 1024
     """Prompt + response token budget of one side of a pair (the training max length)."""
@@ -27,15 +28,15 @@ class PairsConfig:
     prompt_template: str = PROMPT_TEMPLATE
     """User turn of every SFT row and pair (``{problem}`` is replaced); evaluation should prompt the same way."""
     tokenizer: Optional[str] = None
-    """Model spec whose tokenizer and chat template measure lengths (``None``: ``sft.model``)."""
+    """Model spec whose tokenizer and chat template measure lengths (``None``: ``student.model``)."""
 
     def __post_init__(self) -> None:
         for name in ("beta_small", "beta_medium", "beta_large"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        unknown = [g for g in self.gaps if g not in ("small", "medium", "large")]
+        unknown = [g for g in self.gaps if g not in GAPS]
         if unknown:
-            raise ValueError(f"gaps: unknown gap {unknown[0]!r} (known: small, medium, large)")
+            raise ValueError(f"gaps: unknown gap {unknown[0]!r} (known: {', '.join(GAPS)})")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if "{problem}" not in self.prompt_template:

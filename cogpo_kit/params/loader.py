@@ -39,6 +39,11 @@ class ParamsError(ValueError):
     """A parameter file or override is invalid; the message names the key and its source."""
 
 
+MOVED_KEYS = {"sft.model": "student.model"}
+"""Keys that moved, with their new place (an old params file gets told where)."""
+MOVED_WHY = {"sft.model": "one key for the student: SFT starts from the zero-shot model"}
+
+
 def deep_merge(base: dict, update: dict) -> dict:
     """Merge ``update`` into a copy of ``base``: nested dicts merge, everything else is replaced."""
     out = dict(base)
@@ -216,6 +221,8 @@ def from_dict(cls: type[T], data: dict, *, source: str = "<params>", prefix: str
     unknown = sorted(set(data) - set(fields))
     if unknown:
         name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        if name in MOVED_KEYS:
+            raise ParamsError(f"{source}: '{name}' is now '{MOVED_KEYS[name]}' ({MOVED_WHY[name]})")
         raise ParamsError(
             f"{source}: unknown key '{name}' (known keys{' of ' + prefix if prefix else ''}: {', '.join(sorted(fields))})")
     kwargs = {}
@@ -238,6 +245,13 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def params_dict(params: Any) -> dict:
+    """Plain-dict form of a run's parameters or one section of them (for manifests and notebooks);
+    holds no secrets by construction. Lives here, beside the loading, so that a stage can record its
+    parameters without importing :mod:`cogpo_kit.params.run` and with it every other stage's config."""
+    return to_dict(params)
 
 
 def load(cls: type[T], paths: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = (),

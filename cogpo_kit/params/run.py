@@ -6,13 +6,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from cogpo_kit.crv.config import CRVConfig
-from cogpo_kit.data.config import DataConfig
-from cogpo_kit.engines.config import EngineConfig, SamplingConfig
+from cogpo_kit.crv.config import CRVParams
+from cogpo_kit.data.config import DataParams
+from cogpo_kit.engines.config import EngineParams, SamplingParams
 from cogpo_kit.evaluation.config import EvalParams
-from cogpo_kit.pairs.config import PairsConfig
+from cogpo_kit.pairs.config import PairsParams
 from cogpo_kit.params import loader
-from cogpo_kit.training.params import PreferenceParams, SFTParams
+from cogpo_kit.params.loader import params_dict  # noqa: F401  (its home is the loader; importable from here too)
+from cogpo_kit.training.config import PreferenceParams, SFTParams
 from cogpo_kit.viz.config import ReportParams
 
 
@@ -36,9 +37,9 @@ class StudentSection:
 
     model: str = "embedded:smollm2-135m-instruct"
     """Student model spec (zero-shot baseline and SFT starting point)."""
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(engine="transformers"))
+    engine: EngineParams = field(default_factory=lambda: EngineParams(engine="transformers"))
     """Engine for the student's own generations (``student_solve`` verification)."""
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, top_k=0, max_tokens=512))
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0, top_p=1.0, top_k=0, max_tokens=512))
     """Student sampling."""
 
 
@@ -48,13 +49,13 @@ class RunParams:
 
     run: RunSection = field(default_factory=RunSection)
     """Run identity and output location."""
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataParams = field(default_factory=DataParams)
     """The CoT dataset."""
     student: StudentSection = field(default_factory=StudentSection)
     """The student model."""
-    crv: CRVConfig = field(default_factory=CRVConfig)
+    crv: CRVParams = field(default_factory=CRVParams)
     """Stages 01-02: Critic, Rethinker, Verifier."""
-    pairs: PairsConfig = field(default_factory=PairsConfig)
+    pairs: PairsParams = field(default_factory=PairsParams)
     """Stage 03: CogPO pairs."""
     sft: SFTParams = field(default_factory=SFTParams)
     """Stage 04: SFT."""
@@ -69,8 +70,3 @@ class RunParams:
 def load_params(paths: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> RunParams:
     """Load a run's parameters from YAML files and ``section.key=value`` overrides."""
     return loader.load(RunParams, paths, overrides)
-
-
-def params_dict(params: RunParams) -> dict:
-    """Plain-dict form (for manifests and notebooks); holds no secrets by construction."""
-    return loader.to_dict(params)

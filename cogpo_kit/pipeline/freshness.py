@@ -3,10 +3,11 @@
 A stage's manifest **matches** (and ``cogpo-kit run`` skips the stage unless ``--force``) when all of:
 
 1. ``<run>/<NN_stage>/manifest.json`` exists (it is written last, so the stage finished);
-2. **parameters**: for every parameter path the stage depends on (:data:`STAGE_PARAMS`, e.g.
-   ``crv.critic`` for the critique) that its manifest's ``params`` holds, the recorded value equals
-   the current one (secrets compared as redacted); so does every other top-level key the stage
-   recorded under a name of its own (``sft_model`` is ``sft.model``; ``prompt_template`` is the one
+2. **parameters**: for every parameter path the stage depends on (its ``params`` in
+   :data:`~cogpo_kit.pipeline.stages.STAGES_SPEC`, e.g. ``crv.critic`` for the critique) that its
+   manifest's ``params`` holds, the recorded value equals the current one (secrets compared as
+   redacted); so does every other top-level key the stage
+   recorded under a name of its own (``student_model`` is ``student.model``; ``prompt_template`` is the one
    parameter of that name), and a recorded key that names no current parameter does not match.
    If none of this compares anything, ``params_hash`` must equal the hash of the current
    :func:`stage_params` or of the whole parameter set. A parameter the kit gained after the stage
@@ -14,7 +15,7 @@ A stage's manifest **matches** (and ``cogpo-kit run`` skips the stage unless ``-
 3. **inputs**: every input file recorded in ``inputs`` still exists with the same SHA-256
    (a recorded folder must still exist; a path inside a run folder that has moved since is looked
    up in the run folder, by the run id, where it is now);
-4. **upstream**: the stages it reads (:data:`UPSTREAM`) have not been redone since it ran, so
+4. **upstream**: the stages it reads (its ``upstream`` there) have not been redone since it ran, so
    redoing a stage redoes the stages after it that read its outputs. The runner records the
    SHA-256 of those manifests next to each stage it runs or finds matching (:data:`STATE_FILE`);
    for a stage run outside the runner (a notebook cell by cell) its manifest must be newer than
@@ -34,33 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from cogpo_kit.io import DataError, atomic_write_json, file_sha256, read_json, stable_hash
-from cogpo_kit.pipeline.stage import STAGES, read_manifest, scrub_secrets, stage_dir_name
+from cogpo_kit.pipeline.stage import read_manifest, scrub_secrets
+from cogpo_kit.pipeline.stages import manifest_path, stage_dir_name, stage_spec
 
 STATE_FILE = "notebooks/pipeline_state.json"
 """Where the runner remembers, per stage, the manifests it was made from."""
-
-# Parameter paths each stage's outputs depend on.
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "01_critique": ("run.seed", "data", "crv.critic", "crv.votes", "crv.early_exit"),
-    "02_rethink": ("run.seed", "data", "crv", "student"),
-    "03_pairs": ("run.seed", "pairs", "student.model"),
-    "04_sft": ("run.seed", "sft"),
-    "05_preference": ("run.seed", "preference"),
-    "06_evaluate": ("run.seed", "eval", "student.model", "sft.variants", "preference.methods",
-                    "preference.beta_sweep"),
-    "07_report": ("run.description", "report"),
-}
-
-# Stages whose outputs each stage reads.
-UPSTREAM: dict[str, tuple[str, ...]] = {
-    "01_critique": (),
-    "02_rethink": ("01_critique",),
-    "03_pairs": ("01_critique", "02_rethink"),
-    "04_sft": ("01_critique", "02_rethink"),
-    "05_preference": ("03_pairs", "04_sft"),
-    "06_evaluate": ("04_sft", "05_preference"),
-    "07_report": STAGES[:-1],
-}
 
 _MISSING = object()
 
@@ -87,7 +66,7 @@ def _leaves(tree: Any, prefix: str = "") -> list[str]:
 
 
 def resolve_key(tree: dict, key: str) -> str | None:
-    """The parameter path a stage's own top-level key stands for (``sft_model`` -> ``sft.model``)."""
+    """The parameter path a stage's own top-level key stands for (``student_model`` -> ``student.model``)."""
     if "_" in key:
         dotted = key.replace("_", ".", 1)
         if _get(tree, dotted) is not _MISSING:
@@ -111,7 +90,7 @@ def _matches(old: Any, new: Any) -> bool:
 def stage_params(params_tree: dict, stage: str) -> dict:
     """The part of a parameter dict (``params_dict(params)``) that ``stage`` depends on."""
     out: dict = {}
-    for path in STAGE_PARAMS[stage_dir_name(stage)]:
+    for path in stage_spec(stage).params:
         value = _get(params_tree, path)
         if value is not _MISSING:
             _set(out, path, value)
@@ -129,7 +108,7 @@ class Freshness:
 def _params_reason(manifest: dict, name: str, params_tree: dict) -> str | None:
     recorded = manifest.get("params") or {}
     current = _plain(scrub_secrets(params_tree))
-    checks = [(path, path) for path in STAGE_PARAMS[name]]
+    checks = [(path, path) for path in stage_spec(name).params]
     for key in recorded if isinstance(recorded, dict) else ():
         if key not in current:  # a name of the stage's own
             path = resolve_key(current, key)
@@ -171,7 +150,7 @@ def _inputs_reason(manifest: dict, run_path: Path) -> str | None:
 
 
 def _manifest_hash(run_path: Path, stage: str) -> str | None:
-    p = run_path / stage / "manifest.json"
+    p = manifest_path(run_path, stage)
     return file_sha256(p) if p.exists() else None
 
 
@@ -189,7 +168,7 @@ def record_stage(run_path: str | os.PathLike, stage: str) -> None:
     name = stage_dir_name(stage)
     state = _read_state(run_path)
     state[name] = {"manifest": _manifest_hash(run_path, name),
-                   "upstream": {u: h for u in UPSTREAM[name] if (h := _manifest_hash(run_path, u))}}
+                   "upstream": {u: h for u in stage_spec(name).upstream_folders if (h := _manifest_hash(run_path, u))}}
     atomic_write_json(run_path / STATE_FILE, state)
 
 
@@ -197,14 +176,14 @@ def _upstream_reason(run_path: Path, name: str) -> str | None:
     entry = _read_state(run_path).get(name)
     if isinstance(entry, dict) and entry.get("manifest") == _manifest_hash(run_path, name):
         seen = entry.get("upstream") or {}
-        for up in UPSTREAM[name]:
+        for up in stage_spec(name).upstream_folders:
             h = _manifest_hash(run_path, up)
             if h is not None and seen.get(up) != h:
                 return f"{up} was redone after it"
         return None
-    mine = (run_path / name / "manifest.json").stat().st_mtime  # stage run outside the runner
-    for up in UPSTREAM[name]:
-        up_manifest = run_path / up / "manifest.json"
+    mine = manifest_path(run_path, name).stat().st_mtime  # stage run outside the runner
+    for up in stage_spec(name).upstream_folders:
+        up_manifest = manifest_path(run_path, up)
         if up_manifest.exists() and up_manifest.stat().st_mtime > mine:
             return f"{up} was redone after it"
     return None

@@ -16,18 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from cogpo_kit.pipeline.stage import STAGES, read_manifest, run_dir, stage_dir_name
-
-# Stage -> (module, function) of its entry point: ``function(params) -> manifest``.
-STAGE_FUNCTIONS: dict[str, tuple[str, str]] = {
-    "01_critique": ("cogpo_kit.crv.stage", "run_critique"),
-    "02_rethink": ("cogpo_kit.crv.stage", "run_rethink"),
-    "03_pairs": ("cogpo_kit.pairs.stage", "run_pairs"),
-    "04_sft": ("cogpo_kit.training.stage", "run_sft"),
-    "05_preference": ("cogpo_kit.training.stage", "run_preference"),
-    "06_evaluate": ("cogpo_kit.evaluation.stage", "run_evaluate"),
-    "07_report": ("cogpo_kit.viz.report", "run_report"),
-}
+from cogpo_kit.pipeline.stage import STAGES, read_manifest, run_dir
+from cogpo_kit.pipeline.stages import manifest_path, stage_dir_name, stage_spec
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -74,7 +64,8 @@ def load(params_files: Sequence[str | os.PathLike], overrides: Sequence[str] = (
     Relative YAML paths and a relative ``run.output_dir`` are taken from the folder that holds
     the YAML files (so a notebook opened from ``notebooks/`` finds ``params/`` and ``outputs/``
     of the project)."""
-    from cogpo_kit.params import ParamsError, load_params
+    from cogpo_kit.params.loader import ParamsError
+    from cogpo_kit.params.run import load_params
 
     if isinstance(params_files, (str, os.PathLike)):
         params_files = [params_files]
@@ -94,7 +85,8 @@ def load(params_files: Sequence[str | os.PathLike], overrides: Sequence[str] = (
 
 
 def stage_function(stage: str):
-    module, name = STAGE_FUNCTIONS[stage_dir_name(stage)]
+    """The entry function of a stage (its ``entry`` in :data:`~cogpo_kit.pipeline.stages.STAGES_SPEC`)."""
+    module, name = stage_spec(stage).entry
     return getattr(importlib.import_module(module), name)
 
 
@@ -104,7 +96,7 @@ def run_stage(params, stage: str, skip_compute: bool = False) -> dict:
     if skip_compute:
         manifest = read_manifest(run_dir(params), name)
         if manifest is None:
-            raise FileNotFoundError(f"{run_dir(params) / name / 'manifest.json'}: stage {name} has not run "
+            raise FileNotFoundError(f"{manifest_path(run_dir(params), name)}: stage {name} has not run "
                                     f"(set skip_compute = False to run it)")
         return manifest
     return stage_function(name)(params)
@@ -149,5 +141,5 @@ def check_parameters(path: str | os.PathLike, given: dict[str, Any]) -> None:
                          f"(declared: {', '.join(declared)})")
 
 
-__all__ = ["NotebookParams", "STAGES", "STAGE_FUNCTIONS", "check_parameters", "load", "notebook_defaults",
+__all__ = ["NotebookParams", "STAGES", "check_parameters", "load", "notebook_defaults",
            "notebook_path", "parameters_cell", "read_notebook_parameters", "run_stage", "stage_function"]

@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from cogpo_kit.params import ParamsError, load_params, params_dict
+from cogpo_kit.params.loader import ParamsError, params_dict
+from cogpo_kit.params.run import load_params
 from cogpo_kit.pipeline.freshness import check_stage, record_stage
 from cogpo_kit.pipeline.notebook import check_parameters, notebook_path, stage_function
-from cogpo_kit.pipeline.stage import STAGES, run_dir, stage_dir_name
+from cogpo_kit.pipeline.stage import STAGES, run_dir
+from cogpo_kit.pipeline.stages import artifact_path, stage_dir_name
 from cogpo_kit.progress import progress
 
 KERNEL_NAME = "python3"
@@ -107,7 +109,7 @@ def _print_results(run_path: Path) -> tuple[Any, Path | None]:
     else:
         print("results (pass@1 %, [95% CI]):")
         print(table.to_string())
-    report = run_path / "07_report" / "report.html"
+    report = artifact_path(run_path, "report")
     print(f"report: {report}" if report.exists() else "report: not written (the report stage has not run)")
     return table, report if report.exists() else None
 

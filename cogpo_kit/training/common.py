@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from cogpo_kit.io import atomic_write_jsonl
-from cogpo_kit.training.params import LoraParams, OptimParams
+from cogpo_kit.io import atomic_write_jsonl, replace_dir
+from cogpo_kit.training.config import LoraParams, OptimParams
 
 
 def process_rank() -> int:
@@ -159,18 +159,6 @@ def _plain_loading():
         hf_ds.set_hf_deepspeed_config(active)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
 def save_final_model(trainer, model_dir: str | Path, *, base_path: str, merge_lora: bool, bf16: bool = False) -> Path:
     """Save the trained model to ``model_dir`` with its tokenizer (LoRA merged into the base when asked).
 
@@ -198,7 +186,7 @@ def save_final_model(trainer, model_dir: str | Path, *, base_path: str, merge_lo
             shutil.rmtree(adapter)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(tmp))
-        _replace_dir(tmp, model_dir)
+        replace_dir(tmp, model_dir)
     trainer.accelerator.wait_for_everyone()
     return model_dir
 
@@ -211,7 +199,7 @@ def copy_model(src: str | Path, model_dir: str | Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.gguf", "checkpoint-*"))
-        _replace_dir(tmp, model_dir)
+        replace_dir(tmp, model_dir)
     barrier()
     return model_dir
 

@@ -12,7 +12,8 @@ from typing import Callable, Optional
 
 import torch
 
-GAPS = ("small", "medium", "large")
+from cogpo_kit.levels import GAPS
+
 GAP_IDS = {g: i for i, g in enumerate(GAPS)}
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 from cogpo_kit.training.common import (is_main_process, last_checkpoint, load_model, lora_config, save_final_model,
                                        trainer_args, write_metrics)
 from cogpo_kit.training.metrics import final_metrics
-from cogpo_kit.training.params import PreferenceParams
+from cogpo_kit.training.config import PreferenceParams
 
 
 @dataclass(frozen=True)

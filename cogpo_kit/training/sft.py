@@ -27,7 +27,7 @@ from cogpo_kit.pairs.inputs import CRVArtifacts
 from cogpo_kit.training.common import (is_main_process, last_checkpoint, load_model, lora_config, save_final_model,
                                        trainer_args, write_metrics)
 from cogpo_kit.training.metrics import final_metrics
-from cogpo_kit.training.params import SFTParams
+from cogpo_kit.training.config import SFTParams
 
 VARIANTS = {
     "crv_sft": "D_SFT* (CRV-aligned CoTs)",

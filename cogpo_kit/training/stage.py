@@ -11,47 +11,23 @@ trains. With no rows or no pairs, each output model is a copy of its starting mo
 evaluation still runs.
 
 Both run unchanged in-process, under ``torchrun`` and under ``accelerate launch``; only the main process
-writes the stage's log and manifest.
+writes the stage's log and manifest (the other processes open the same stage read-only).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
 
-from cogpo_kit.params import params_dict
-from cogpo_kit.pipeline.stage import open_stage, run_dir, stage_dir_name
+from cogpo_kit.params.loader import params_dict
+from cogpo_kit.pipeline.stage import open_stage, run_dir
+from cogpo_kit.pipeline.stages import artifact_path
 from cogpo_kit.training.common import copy_model, is_main_process, write_metrics
 
 
-class _FollowerStage:
-    """Stand-in for :class:`~cogpo_kit.pipeline.stage.Stage` on non-main processes: same paths, no files."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.counts: dict = {}
-        self.notes: list[str] = []
-        self.logger = logging.getLogger(f"cogpo_kit.stage.follower.{path.name}")
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-    def add_input(self, path) -> None:
-        pass
-
-    def finish(self, **extra) -> dict:
-        return {"stage": self.path.name, "counts": self.counts, "notes": self.notes, "follower": True, **extra}
-
-
 def _open(run_path: Path, name: str, params: dict, inputs):
-    if is_main_process():
-        return open_stage(run_path, name, params, inputs=inputs)
-    return _FollowerStage(run_path / stage_dir_name(name))
+    return open_stage(run_path, name, params, inputs=inputs, read_only=not is_main_process())
 
 
 def _base_model_path(spec: str) -> str:
@@ -78,7 +54,7 @@ def run_sft(params) -> dict:
     levels = {}
     for variant in params.sft.variants:
         if variant in LEVEL_VARIANTS:
-            path = run_path / "02_rethink" / f"sft_{LEVEL_VARIANTS[variant]}.jsonl"
+            path = artifact_path(run_path, "sft_level", level=LEVEL_VARIANTS[variant])
             if not path.exists():
                 raise FileNotFoundError(f"{path}: SFT variant '{variant}' needs the equal-size level subsets; "
                                         "set crv.equal_level_subsets and run the rethink stage again")
@@ -86,18 +62,18 @@ def run_sft(params) -> dict:
     sections = params_dict(params)
     stage = _open(run_path, "sft", {"sft": sections["sft"], "prompt_template": params.pairs.prompt_template},
                   [*art.paths.values(), *(p for p, _ in levels.values())])
-    base = _base_model_path(params.sft.model)
-    stage.logger.info("student model %s -> %s", params.sft.model, base)
+    base = _base_model_path(params.student.model)
+    stage.logger.info("student model %s -> %s", params.student.model, base)
     summaries = {}
     for variant in params.sft.variants:
         rows = sft_rows(art, variant, params.pairs.prompt_template, levels.get(variant, (None, None))[1])
-        out = stage.path / variant
+        out = stage.artifact("sft_model", variant=variant).parent
         stage.counts[f"{variant}_examples"] = len(rows)
         if not rows:
             stage.note(f"{variant}: no training rows ({VARIANTS[variant]}: none); its model is a copy of the "
                        "student model")
-            copy_model(base, out / "model")
-            write_metrics(out / "metrics.jsonl", [])
+            copy_model(base, stage.artifact("sft_model", variant=variant))
+            write_metrics(stage.artifact("sft_metrics", variant=variant), [])
             summaries[variant] = {"examples": 0, "steps": 0, "copied_from": base, "data": VARIANTS[variant]}
             continue
         stage.logger.info("%s: %d rows of %s", variant, len(rows), VARIANTS[variant])
@@ -105,15 +81,15 @@ def run_sft(params) -> dict:
             stage.note(f"SFT baseline '{variant}' trained on {len(rows)} rows: {VARIANTS[variant]}")
         summaries[variant] = train_sft(rows, base_path=base, params=params.sft, out_dir=out, logger=stage.logger)
         summaries[variant]["data"] = VARIANTS[variant]
-    return stage.finish(student=params.sft.model, student_path=base, variants=summaries)
+    return stage.finish(student=params.student.model, student_path=base, variants=summaries)
 
 
 def _init_model(params, run_path: Path, stage) -> str:
-    init = run_path / "04_sft" / params.preference.init_from / "model"
+    init = artifact_path(run_path, "sft_model", variant=params.preference.init_from)
     if (init / "config.json").exists():
         return str(init)
-    stage.note(f"SFT model {init} not found: preference training starts from the student model {params.sft.model}")
-    return _base_model_path(params.sft.model)
+    stage.note(f"SFT model {init} not found: preference training starts from the student model {params.student.model}")
+    return _base_model_path(params.student.model)
 
 
 def run_preference(params) -> dict:
@@ -122,7 +98,7 @@ def run_preference(params) -> dict:
     from cogpo_kit.training.preference import method_specs, train_preference
 
     run_path = run_dir(params)
-    pairs_path = run_path / "03_pairs" / "pairs.jsonl"
+    pairs_path = artifact_path(run_path, "pairs")
     pairs = load_pairs(pairs_path)  # every row checked before any model loads
     specs = method_specs(params.preference)
     sections = params_dict(params)
@@ -140,11 +116,11 @@ def run_preference(params) -> dict:
     stage.counts.update({"pairs": len(pairs), **{f"pairs_{g}": n for g, n in gaps.items()}})
     summaries = {}
     for spec in specs:
-        out = stage.path / spec.name
+        out = stage.artifact("preference_model", method=spec.name).parent
         if not pairs:
             stage.note(f"{spec.name}: zero pairs, nothing to train; its model is a copy of {init_path}")
-            copy_model(init_path, out / "model")
-            write_metrics(out / "metrics.jsonl", [])
+            copy_model(init_path, stage.artifact("preference_model", method=spec.name))
+            write_metrics(stage.artifact("preference_metrics", method=spec.name), [])
             summaries[spec.name] = {"method": spec.name, "pairs": 0, "steps": 0, "copied_from": init_path}
             continue
         summaries[spec.name] = train_preference(spec, pairs, init_path=init_path, pref=params.preference,

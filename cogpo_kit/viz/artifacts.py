@@ -1,9 +1,10 @@
 """Reading a run's artifacts for tables, figures, widgets and the report.
 
-Every file name and field name this package reads from the stages lives in this module, so
-aligning with the stages means editing the tables below and nothing else. Readers accept extra
-fields (kept as they are) and a few alternative spellings of each field; a required field that is
-missing is a :class:`~cogpo_kit.io.DataError` naming the file, the line and the field. A stage that
+Where each file lives comes from the stage registry (:mod:`cogpo_kit.pipeline.stages`) and what its
+rows hold from the artifact's schema (:mod:`cogpo_kit.pipeline.schemas`), the one its writer checks
+too: every row read is checked against it, so a missing or mistyped field is a
+:class:`~cogpo_kit.io.DataError` naming the file, the line and the field. Rows are kept as written
+(fields the schema does not declare included), with ``_line``, their line in the file. A stage that
 has not run yet reads as empty (``[]``), never as an error: the report says so in plain words.
 """
 
@@ -14,80 +15,29 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from cogpo_kit.io import DataError, iter_jsonl, read_json
-from cogpo_kit.pipeline.stage import STAGES, run_dir, stage_dir_name
+from cogpo_kit.io import iter_jsonl, read_json
+from cogpo_kit.levels import GAPS, LEVELS
+from cogpo_kit.pipeline.schemas import MANIFEST, schema
+from cogpo_kit.pipeline.stage import run_dir
+from cogpo_kit.pipeline.stages import (STAGES, artifact_path, find_artifacts, manifest_path, stage_dir_name,
+                                       stage_spec)
+from cogpo_kit.viz.results import parse_comparison, parse_results
 
-LEVELS = ("easy", "medium", "hard")
-GAPS = ("small", "medium", "large")
+__all__ = ["GAPS", "LEVELS", "INCORRECT_KIND", "NO_LABEL", "Run", "bench_label", "is_sweep_model", "level_of",
+           "margin_gap", "model_label", "model_order", "prompt_text", "read_rows", "rerating_of", "text_of",
+           "verdict_of"]
 
-# Artifact -> path inside the run folder.
-FILES = {
-    "input": "01_critique/input.jsonl",
-    "critiques": "01_critique/critiques.jsonl",
-    "rewrites": "02_rethink/rewrites.jsonl",
-    "incorrect": "02_rethink/incorrect.jsonl",
-    "sft": "02_rethink/sft.jsonl",
-    "pairs": "03_pairs/pairs.jsonl",
-}
-EVAL_DIR = "06_evaluate"
-METRICS_FILE = "metrics.jsonl"
-RESULTS_FILE = "results.json"
-COMPARISON_FILE = "comparison.json"
-SAMPLES_PATTERN = re.compile(r"^samples_(?P<bench>.+)\.jsonl$")
-
-# Artifact -> canonical field -> accepted spellings (the first one present wins).
-FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "input": {"id": ("id",), "problem": ("problem", "question"), "answer": ("answer", "gold"),
-              "reasoning": ("reasoning", "cot"), "source": ("source",), "meta": ("meta",)},
-    "critiques": {"id": ("id",), "votes": ("votes",), "raw": ("raw", "raw_outputs"), "level": ("level", "label"),
-                  "reasks": ("reasks",)},
-    # One row per attempt: rewrites (kind medium / expand / simplify) and incorrect-CoT attempts (kind corrupt).
-    "rewrites": {"id": ("id",), "kind": ("kind",), "level": ("level",), "attempt": ("attempt",),
-                 "text": ("text", "rewrite", "reasoning"), "verdict": ("verdict",),
-                 "rerating": ("rerating", "re_rating", "recritique"), "outcome": ("outcome",),
-                 "reached_answer": ("reached_answer",)},
-    # The incorrect CoT kept per example (only examples that have one; ``ok`` false marks an unusable one).
-    "incorrect": {"id": ("id",), "level": ("level",), "text": ("text", "reasoning", "response"),
-                  "reached_answer": ("reached_answer", "extracted"), "ok": ("ok", "is_incorrect")},
-    "sft": {"id": ("id",), "problem": ("problem",), "answer": ("answer",), "reasoning": ("reasoning",),
-            "response": ("response",), "origin": ("origin", "level"), "attempt": ("attempt",)},
-    "pairs": {"id": ("id",), "prompt": ("prompt",), "chosen": ("chosen",), "rejected": ("rejected",),
-              "gap": ("gap",), "beta": ("beta",), "chosen_kind": ("chosen_kind",),
-              "rejected_kind": ("rejected_kind",), "source_id": ("source_id",)},
-    "samples": {"id": ("id",), "prompt": ("prompt", "problem"), "output": ("output", "text", "completion"),
-                "extracted": ("extracted", "prediction"), "gold": ("gold", "answer"), "correct": ("correct", "verdict")},
-}
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "input": ("id", "reasoning"),
-    "critiques": ("id", "level"),
-    "rewrites": ("id",),
-    "incorrect": ("id", "text"),
-    "sft": ("id",),
-    "pairs": ("chosen", "rejected", "gap"),
-    "samples": ("output", "correct"),
-}
-
-# Values a field takes when the file leaves it out.
-DEFAULTS: dict[str, dict[str, Any]] = {"incorrect": {"ok": True}}
+ROWS = ("input", "critiques", "rewrites", "incorrect", "sft", "pairs")
+"""The JSONL artifacts of the CRV and pairs stages that :meth:`Run.rows` reads."""
 INCORRECT_KIND = "corrupt"
 """``kind`` of the rewrite rows that are attempts at an incorrect CoT."""
 NO_LABEL = "no label"
 """Shown for a CoT the Critic gave no level (``level: null``)."""
 
-# Training metrics (TRL log history rows).
-METRIC_STEP = ("step", "global_step")
-METRIC_LOSS = ("loss", "train_loss")
-MARGIN_KEY = re.compile(r"^(?:(?P<gap>[a-z]+)_gap/)?rewards/margins(?:/(?P<gap2>[a-z]+))?$")
-"""Reward margins: ``rewards/margins`` (all pairs), ``<gap>_gap/rewards/margins`` or ``rewards/margins/<gap>``."""
-
-# Evaluation results: per-benchmark metrics dict spellings (scores and intervals in percent).
-SCORE_KEYS = ("score", "pass@1")
-CI_KEYS = ("ci95", "ci", "ci_95")
-CI_LOW_KEYS = ("ci_low", "ci_lo", "low")
-CI_HIGH_KEYS = ("ci_high", "ci_hi", "high")
-N_KEYS = ("n", "count", "problems", "num_problems")
-# Models of a beta sweep: "cogpo_x0.5", "cogpo_beta2", "cogpo@0.5" (scale of the CogPO betas).
-SWEEP_PATTERN = re.compile(r"^cogpo(?:_beta|@|_x|_beta_x)(?P<scale>[0-9]+(?:\.[0-9]+)?)$")
+MARGIN_KEY = re.compile(rf"^(?:(?P<gap>{'|'.join(GAPS)})_gap/)?rewards/margins$")
+"""Reward margins in the training metrics: ``rewards/margins`` (all pairs) and ``<gap>_gap/rewards/margins``."""
+SWEEP_PATTERN = re.compile(r"^cogpo_x(?P<scale>[0-9]+(?:\.[0-9]+)?)$")
+"""Models of a beta sweep as the evaluation stage names them: ``cogpo_x0.5`` (scale of the CogPO betas)."""
 
 # Display names in the paper's spelling (Table 2), in its column order.
 MODEL_NAMES = {"zero_shot": "Zero-shot", "sft": "SFT", "sft_same_problems": "SFT (D_SFT* problems)",
@@ -122,66 +72,38 @@ def model_order(names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), names.index(n)))
 
 
-def first_key(row: dict, keys: Iterable[str], default: Any = None) -> Any:
-    for k in keys:
-        if k in row and row[k] is not None:
-            return row[k]
-    return default
-
-
-def normalize_rows(kind: str, rows: Iterable[tuple[int, Any]], path: str | os.PathLike) -> list[dict]:
-    """Map each row's fields onto the canonical names of ``kind`` (extra fields kept as they are)."""
-    spec = FIELDS[kind]
-    required = REQUIRED.get(kind, ())
-    out = []
-    for lineno, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(f"expected a JSON object, got {type(row).__name__}", path=path, line=lineno)
-        norm = dict(row)
-        for canon, names in spec.items():
-            present = [n for n in names if n in row]
-            if present:
-                norm[canon] = row[present[0]]
-            elif canon in required:
-                raise DataError(f"missing field (a {kind} row needs {', '.join(required)})",
-                                path=path, line=lineno, field=canon)
-            else:
-                norm[canon] = DEFAULTS.get(kind, {}).get(canon)
-        if kind == "rewrites":
-            _nested_labels(norm)
-        norm["_line"] = lineno
-        out.append(norm)
-    return out
-
-
-def _nested_labels(row: dict) -> None:
-    """The Verifier's verdict and the Critic's re-rating may be nested objects: keep their label."""
-    verification = row.get("verification")
-    if row.get("verdict") is None and isinstance(verification, dict):
-        row["verdict"] = verification.get("verdict")
-    if isinstance(row.get("rerating"), dict):
-        row["rerating_votes"] = row["rerating"].get("votes")
-        row["rerating"] = row["rerating"].get("level") or NO_LABEL
-
-
 def margin_gap(key: str) -> str | None:
     """``"all"`` or the gap of a reward-margin metric key; ``None`` for other keys."""
     m = MARGIN_KEY.match(key)
     if not m:
         return None
-    return m.group("gap") or m.group("gap2") or "all"
+    return m.group("gap") or "all"
 
 
 def level_of(value: Any) -> str:
     return str(value) if value else NO_LABEL
 
 
-def read_rows(kind: str, path: str | os.PathLike) -> list[dict]:
-    """Rows of an artifact file, normalized; ``[]`` when the file does not exist."""
+def verdict_of(row: dict) -> str | None:
+    """The Verifier's verdict on a rewrite attempt (``None`` when it was not verified)."""
+    return (row.get("verification") or {}).get("verdict")
+
+
+def rerating_of(row: dict) -> str | None:
+    """The Critic's level of a re-rated rewrite attempt (:data:`NO_LABEL` for none; ``None`` when not re-rated)."""
+    if "rerating" not in row:
+        return None
+    return level_of(row["rerating"].get("level"))
+
+
+def read_rows(key: str, path: str | os.PathLike) -> list[dict]:
+    """Rows of an artifact file, each checked against its schema, with ``_line``; ``[]`` when the file
+    does not exist."""
     path = Path(path)
     if not path.exists():
         return []
-    return normalize_rows(kind, iter_jsonl(path), path)
+    sch = schema(key)
+    return [dict(sch.check(row, path=path, line=line), _line=line) for line, row in iter_jsonl(path)]
 
 
 def text_of(value: Any) -> str:
@@ -223,11 +145,13 @@ class Run:
 
     # --- manifests -----------------------------------------------------------------------
     def manifest(self, stage: str) -> dict | None:
+        """A stage's ``manifest.json`` (the stage named by its short name or its folder), ``None`` when it has
+        not run."""
         name = stage_dir_name(stage)
 
         def load():
-            p = self.path / name / "manifest.json"
-            return read_json(p) if p.exists() else None
+            p = manifest_path(self.path, name)
+            return MANIFEST.check(read_json(p), path=p) if p.exists() else None
         return self._cached(f"manifest:{name}", load)
 
     def manifests(self) -> dict[str, dict | None]:
@@ -238,11 +162,14 @@ class Run:
         return [str(n) for n in m.get("notes") or []]
 
     # --- JSONL artifacts ---------------------------------------------------------------------
-    def rows(self, kind: str) -> list[dict]:
-        return self._cached(kind, lambda: read_rows(kind, self.path / FILES[kind]))
+    def rows(self, key: str) -> list[dict]:
+        """Rows of one of :data:`ROWS`."""
+        if key not in ROWS:
+            raise ValueError(f"not a row artifact: '{key}' (one of {', '.join(ROWS)})")
+        return self._cached(key, lambda: read_rows(key, artifact_path(self.path, key)))
 
-    def exists(self, kind: str) -> bool:
-        return (self.path / FILES[kind]).exists()
+    def exists(self, key: str) -> bool:
+        return artifact_path(self.path, key).exists()
 
     def inputs(self) -> list[dict]:
         return self.rows("input")
@@ -254,6 +181,7 @@ class Run:
         return self.rows("rewrites")
 
     def incorrect(self) -> list[dict]:
+        """The incorrect CoTs found (one per example that has one; each is usable for pairs)."""
         return self.rows("incorrect")
 
     def sft(self) -> list[dict]:
@@ -264,53 +192,37 @@ class Run:
 
     def funnel(self) -> dict:
         """The rethink manifest's ``funnel`` (counts and discards by reason), ``{}`` when absent."""
-        raw = (self.manifest("02_rethink") or {}).get("funnel")
+        raw = (self.manifest("rethink") or {}).get("funnel")
         return raw if isinstance(raw, dict) else {}
 
     # --- training ------------------------------------------------------------------------------
     def metric_runs(self, stage: str) -> dict[str, list[dict]]:
-        """``{variant_or_method: [log rows]}`` of ``04_sft`` or ``05_preference``."""
-        name = stage_dir_name(stage)
+        """``{variant_or_method: [log rows]}`` of the ``sft`` or ``preference`` stage."""
+        name = stage_spec(stage).name
+        key = f"{name}_metrics"
 
         def load():
-            root = self.path / name
-            out: dict[str, list[dict]] = {}
-            if not root.is_dir():
-                return out
-            for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-                f = sub / METRICS_FILE
-                if f.exists():
-                    rows = []
-                    for lineno, row in iter_jsonl(f):
-                        if not isinstance(row, dict):
-                            raise DataError("expected a JSON object", path=f, line=lineno)
-                        rows.append(row)
-                    out[sub.name] = rows
-            return out
+            return {next(iter(names.values())): read_rows(key, path) for path, names in find_artifacts(self.path, key)}
         return self._cached(f"metrics:{name}", load)
 
     # --- evaluation ------------------------------------------------------------------------------
     def eval_models(self) -> list[str]:
-        root = self.path / EVAL_DIR
-        if not root.is_dir():
-            return []
-        return model_order(p.name for p in sorted(root.iterdir())
-                           if p.is_dir() and ((p / RESULTS_FILE).exists() or any(p.glob("samples_*.jsonl"))))
+        """Folders of the evaluated models (with a results file or samples), in the paper's order."""
+        found = [names["model"] for key in ("results", "samples") for _, names in find_artifacts(self.path, key)]
+        return model_order(sorted(set(found)))
 
     def results(self) -> list[dict]:
-        """Rows ``{model, benchmark, score (%), ci_low, ci_high, n}``: ``comparison.json`` when there is
-        one, else every model's ``results.json``."""
+        """Rows ``{model, benchmark, score (%), ci_low, ci_high, n, ...}``: ``comparison.json`` when there
+        is one, else every model's ``results.json``."""
         def load():
-            from cogpo_kit.viz.results import parse_comparison, parse_results
-
-            comp = self.path / EVAL_DIR / COMPARISON_FILE
+            comp = artifact_path(self.path, "comparison")
             if comp.exists():
                 return parse_comparison(read_json(comp), comp)
             rows: list[dict] = []
             for model in self.eval_models():
-                f = self.path / EVAL_DIR / model / RESULTS_FILE
+                f = artifact_path(self.path, "results", model=model)
                 if f.exists():
-                    rows.extend(parse_results(model, read_json(f), f))
+                    rows.extend(parse_results(read_json(f), f))
             return rows
         return self._cached("results", load)
 
@@ -318,14 +230,15 @@ class Run:
         """Every evaluation sample with its ``model`` (as named in ``results.json``) and ``benchmark``."""
         def load():
             out: list[dict] = []
+            by_folder: dict[str, list] = {}
+            for path, names in find_artifacts(self.path, "samples"):
+                by_folder.setdefault(names["model"], []).append((path, names["benchmark"]))
             for folder in self.eval_models():
-                res = self.path / EVAL_DIR / folder / RESULTS_FILE
-                model = str((read_json(res) if res.exists() else {}).get("model") or folder)
-                for f in sorted((self.path / EVAL_DIR / folder).glob("samples_*.jsonl")):
-                    bench = SAMPLES_PATTERN.match(f.name).group("bench")
-                    for row in read_rows("samples", f):
+                res = artifact_path(self.path, "results", model=folder)
+                model = read_json(res)["model"] if res.exists() else folder
+                for path, bench in by_folder.get(folder, []):
+                    for row in read_rows("samples", path):
                         row["model"], row["benchmark"] = model, bench
-                        row["correct"] = _truth(row["correct"], f, row["_line"])
                         out.append(row)
             return out
         return self._cached("samples", load)
@@ -339,13 +252,3 @@ class Run:
             if m or scale is not None:
                 out.append({**r, "scale": float(scale if scale is not None else m.group("scale"))})
         return out
-
-
-def _truth(value: Any, path: Path, line: int) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "correct", "yes", "false", "incorrect", "no"):
-        return value.strip().lower() in ("true", "correct", "yes")
-    raise DataError(f"expected true/false, got {value!r}", path=path, line=line, field="correct")

@@ -11,7 +11,7 @@ import html
 import os
 from typing import Any
 
-from cogpo_kit.pipeline.stage import stage_dir_name
+from cogpo_kit.pipeline.stages import artifact_path, manifest_path, stage_dir_name, stage_path
 from cogpo_kit.viz import tables
 from cogpo_kit.viz.artifacts import Run
 from cogpo_kit.viz.notes import all_notes
@@ -40,9 +40,11 @@ def stage_markdown(run: Run, stage: str) -> str:
     name = stage_dir_name(stage)
     m = run.manifest(name)
     if m is None:
-        return f"### {name}: not run\n\nNo `manifest.json` in `{run.path / name}`.\n\n" + notes_markdown(run, name)
+        return (f"### {name}: not run\n\nNo `{manifest_path(run.path, name).name}` in "
+                f"`{stage_path(run.path, name)}`.\n\n" + notes_markdown(run, name))
     return (f"### {name}: done in {m.get('wall_time_s', '?')} s\n\n"
-            f"Folder: `{run.path / name}` · started {m.get('started', '?')}\n\n" + notes_markdown(run, name))
+            f"Folder: `{stage_path(run.path, name)}` · started {m.get('started', '?')}\n\n"
+            + notes_markdown(run, name))
 
 
 def show_stage(run: Any, stage: str) -> None:
@@ -80,10 +82,10 @@ def show_report(run: Any) -> None:
     from cogpo_kit.viz.widgets import as_run
 
     run = as_run(run)
-    report = run.path / "07_report" / "report.html"
+    report, folder = artifact_path(run.path, "report"), artifact_path(run.path, "figures")
     if not report.exists():
         display(Markdown(f"No report yet: `{report}` does not exist."))
         return
-    figs = sorted(p.name for p in (report.parent / "figures").glob("*") if p.suffix in (".html", ".png"))
+    figs = sorted(p.name for p in folder.glob("*") if p.suffix in (".html", ".png"))
     display(Markdown(f"**Report:** `{report.resolve()}` ({report.stat().st_size / 1e6:.1f} MB, self-contained)\n\n"
-                     f"**Figures** in `{report.parent / 'figures'}`: {', '.join(figs) or 'none'}"))
+                     f"**Figures** in `{folder}`: {', '.join(figs) or 'none'}"))

@@ -15,8 +15,9 @@ from typing import Callable
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from cogpo_kit.viz.artifacts import (GAPS, LEVELS, METRIC_STEP, NO_LABEL, Run, bench_label, first_key,
-                                     is_sweep_model, margin_gap, model_label, model_order, text_of)
+from cogpo_kit.pipeline.stages import stage_dir_name
+from cogpo_kit.viz.artifacts import (GAPS, LEVELS, NO_LABEL, Run, bench_label, is_sweep_model, margin_gap, model_label,
+                                     model_order, text_of)
 from cogpo_kit.viz.tables import crv_counts
 
 COLORS = {"easy": "#4c9be8", "medium": "#5bb974", "hard": "#e8804c",
@@ -65,7 +66,7 @@ def crv_funnel(run: Run) -> go.Figure:
     if not c["in"]:
         return _empty(title, "no critiques in this run")
     levels = [lvl for lvl in (*LEVELS, NO_LABEL) if c["levels"].get(lvl)]
-    rethink = run.manifest("02_rethink") is not None
+    rethink = run.manifest("rethink") is not None
     labels = [f"CoTs in ({c['in']})"] + [f"{lvl} ({c['levels'][lvl]})" for lvl in levels]
     links: list[tuple[int, int, int, str]] = [(0, i, c["levels"][lvl], lvl) for i, lvl in enumerate(levels, start=1)]
     if rethink:
@@ -116,12 +117,12 @@ def pair_lengths(run: Run) -> go.Figure:
 
 def _steps(log: list[dict], key: str) -> tuple[list, list]:
     rows = [r for r in log if r.get(key) is not None]
-    return [first_key(r, METRIC_STEP, i + 1) for i, r in enumerate(rows)], [r[key] for r in rows]
+    return [r["step"] for r in rows], [r[key] for r in rows]
 
 
 def training_loss(run: Run) -> go.Figure:
     title = "Training loss"
-    runs = {"04_sft": run.metric_runs("04_sft"), "05_preference": run.metric_runs("05_preference")}
+    runs = {stage_dir_name(s): run.metric_runs(s) for s in ("sft", "preference")}
     if not any(runs.values()):
         return _empty(title, "no training metrics in this run (stages 04/05 not run)")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("SFT", "preference"))
@@ -139,7 +140,7 @@ def training_loss(run: Run) -> go.Figure:
 def reward_margins(run: Run) -> go.Figure:
     """Reward margins during preference training: CogPO per gap, every method overall."""
     title = "Reward margins during preference training"
-    logs = run.metric_runs("05_preference")
+    logs = run.metric_runs("preference")
     traces = []
     dashes = {"all": "solid", "small": "dot", "medium": "dash", "large": "longdash"}
     for name in model_order(logs):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from cogpo_kit.pipeline.stage import STAGES
+from cogpo_kit.pipeline.stages import STAGES, stage_dir_name, stage_spec
 from cogpo_kit.viz.artifacts import GAPS, LEVELS, Run, level_of
 
 SKEW_SHARE = 0.7
@@ -19,47 +19,48 @@ SMALL_N = 30
 
 
 def _derived(run: Run) -> list[tuple[str, str, str]]:
-    """``(stage, topic, note)`` computed from the artifacts."""
+    """``(stage folder, topic, note)`` computed from the artifacts."""
+    critique, rethink, pairs, evaluate = map(stage_dir_name, ("critique", "rethink", "pairs", "evaluate"))
     out = []
-    for stage in STAGES[:-1]:
+    for stage in stage_spec("report").upstream_folders:  # the report itself is being written
         if run.manifest(stage) is None:
             out.append((stage, "has not run", f"stage {stage} has not run: its tables and figures are empty"))
     crits = run.critiques()
-    if run.manifest("01_critique") is not None:
+    if run.manifest(critique) is not None:
         levels = Counter(level_of(r["level"]) for r in crits)
         if not crits:
-            out.append(("01_critique", "no cots were rated", "no CoTs were rated"))
+            out.append((critique, "no cots were rated", "no CoTs were rated"))
         else:
             top, n = levels.most_common(1)[0]
             if n / len(crits) >= SKEW_SHARE and len(crits) > 1:
-                out.append(("01_critique", "skew", f"skewed levels: the Critic rated {n} of {len(crits)} CoTs {top}"))
+                out.append((critique, "skew", f"skewed levels: the Critic rated {n} of {len(crits)} CoTs {top}"))
             for lvl in LEVELS:
                 if levels.get(lvl, 0) == 0:
-                    out.append(("01_critique", f"no {lvl}", f"no {lvl} CoTs"))
-    if run.manifest("02_rethink") is not None:
+                    out.append((critique, f"no {lvl}", f"no {lvl} CoTs"))
+    if run.manifest(rethink) is not None:
         if not run.sft():
-            out.append(("02_rethink", "d_sft* is empty",
+            out.append((rethink, "d_sft* is empty",
                         "D_SFT* is empty: no CoT was kept, so SFT on D_SFT* has nothing to train on"))
-        if crits and not any(r.get("ok") for r in run.incorrect()):
-            out.append(("02_rethink", "no usable incorrect", "no usable incorrect CoT: no medium- or large-gap pairs"))
-    if run.manifest("03_pairs") is not None:
+        if crits and not run.incorrect():
+            out.append((rethink, "no usable incorrect", "no usable incorrect CoT: no medium- or large-gap pairs"))
+    if run.manifest(pairs) is not None:
         gaps = Counter(p["gap"] for p in run.pairs())
         if not gaps:
-            out.append(("03_pairs", "zero pairs", "no preference pairs: the preference methods have nothing to train on"))
+            out.append((pairs, "zero pairs", "no preference pairs: the preference methods have nothing to train on"))
         for g in GAPS if gaps else ():
             if gaps.get(g, 0) == 0:
-                out.append(("03_pairs", f"no {g}-gap", f"no {g}-gap pairs"))
-    for stage in ("04_sft", "05_preference"):
+                out.append((pairs, f"no {g}-gap", f"no {g}-gap pairs"))
+    for stage in map(stage_dir_name, ("sft", "preference")):
         if run.manifest(stage) is not None and not any(run.metric_runs(stage).values()):
             out.append((stage, "no training metrics", "no training metrics were logged"))
-    if run.manifest("06_evaluate") is not None:
+    if run.manifest(evaluate) is not None:
         rows = run.results()
         if not rows:
-            out.append(("06_evaluate", "no evaluation results", "no evaluation results"))
+            out.append((evaluate, "no evaluation results", "no evaluation results"))
         small = sorted({r["benchmark"] for r in rows if isinstance(r.get("n"), int) and r["n"] < SMALL_N})
         if small:
             ns = sorted({r["n"] for r in rows if r["benchmark"] in small})
-            out.append(("06_evaluate", "intervals are wide",
+            out.append((evaluate, "intervals are wide",
                         f"{', '.join(small)}: scored on {'/'.join(map(str, ns))} problems, so the 95% intervals are "
                         "wide and differences between methods are mostly noise"))
     return out

@@ -1,17 +1,16 @@
-"""Stage 07: one self-contained HTML report of a run (``07_report/report.html``).
+"""The report stage: one self-contained HTML report of a run (``report.html`` in its folder).
 
 The report holds the run's settings, the stage overview, the CRV funnel and level tables, pairs,
 training curves, the results table (paper Table 2 style) and the beta sweep when there is one,
 with every stage's notes in plain words. plotly.js is inlined once, so the file opens in a
-browser from disk with no server and no network. The figures are also written to
-``07_report/figures/`` as HTML (and PNG where the offline exporter works).
+browser from disk with no server and no network. The figures are also written to the stage's
+``figures/`` as HTML (and PNG where the offline exporter works).
 """
 
 from __future__ import annotations
 
 import html
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,10 +19,10 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from cogpo_kit import __version__
-from cogpo_kit.io import atomic_write_text
-from cogpo_kit.params import params_dict
+from cogpo_kit.params.loader import params_dict
 from cogpo_kit.pipeline.freshness import stage_params
 from cogpo_kit.pipeline.stage import STAGES, git_commit, open_stage, run_dir, scrub_secrets
+from cogpo_kit.pipeline.stages import manifest_path, stage_spec
 from cogpo_kit.viz import figures, tables
 from cogpo_kit.viz.artifacts import Run
 from cogpo_kit.viz.diff import CSS
@@ -37,7 +36,7 @@ KEY_SETTINGS = (
     "crv.verifier_mode", "crv.votes", "crv.max_attempts", "crv.ablation", "crv.check_final_answer",
     "crv.incorrect_check",
     "pairs.beta_small", "pairs.beta_medium", "pairs.beta_large", "pairs.gaps",
-    "sft.model", "sft.variants", "sft.optim.learning_rate", "sft.optim.max_steps", "sft.lora.enabled",
+    "sft.variants", "sft.optim.learning_rate", "sft.optim.max_steps", "sft.lora.enabled",
     "preference.methods", "preference.init_from", "preference.optim.learning_rate", "preference.beta_sweep",
     "eval.benchmarks", "eval.limit", "eval.protocol", "eval.n_samples", "eval.truncated_as_wrong",
 )
@@ -136,24 +135,25 @@ def render_report(run: Run, params_tree: dict, *, title: str, figs: dict, extra_
     params_yaml = yaml.safe_dump(scrub_secrets(params_tree), sort_keys=False, allow_unicode=True)
     desc = _get(params_tree, "run.description") or ""
     f = {k: _figure(v, k) for k, v in figs.items()}
+    n = {spec.name: notes[spec.folder] for spec in map(stage_spec, stage_spec("report").upstream)}
     all_stage_notes = [f"{s}: {n}" for s in STAGES for n in notes[s]] + list(extra_notes)
     sections = [
         ("Summary", _table(tables.stage_overview(run, writing), index=False) + _notes(all_stage_notes)),
         ("Settings", _table(settings, index=False)
          + f"<details><summary>All parameters</summary><pre>{html.escape(params_yaml)}</pre></details>"),
         ("1 · Critique: levels of the original CoTs",
-         _notes(notes["01_critique"]) + _table(tables.level_distribution(run), empty="no critiques")
+         _notes(n["critique"]) + _table(tables.level_distribution(run), empty="no critiques")
          + _table(tables.critic_votes(run)) + f["level_distribution"]),
         ("2 · Rethink and verify: the CRV funnel",
-         _notes(notes["02_rethink"]) + _table(tables.funnel(run), index=False, empty="no funnel recorded")
+         _notes(n["rethink"]) + _table(tables.funnel(run), index=False, empty="no funnel recorded")
          + f["crv_funnel"] + _table(tables.rewrite_outcomes(run), index=False, empty="no rewrites")
          + _table(tables.incorrect_summary(run))),
-        ("3 · Preference pairs", _notes(notes["03_pairs"]) + _table(tables.pairs_by_gap(run), index=False)
+        ("3 · Preference pairs", _notes(n["pairs"]) + _table(tables.pairs_by_gap(run), index=False)
          + f["pairs_per_gap"] + f["pair_lengths"]),
-        ("4–5 · Training", _notes(notes["04_sft"] + notes["05_preference"])
+        ("4–5 · Training", _notes(n["sft"] + n["preference"])
          + _table(tables.training_summary(run), index=False, empty="no training metrics")
          + f["training_loss"] + f["reward_margins"]),
-        ("6 · Evaluation", _notes(notes["06_evaluate"]) + _results_table(run) + f["results"] + f["beta_sweep"]
+        ("6 · Evaluation", _notes(n["evaluate"]) + _results_table(run) + f["results"] + f["beta_sweep"]
          + _table(tables.sample_counts(run), index=False, empty="no samples")),
         ("Examples", _examples(run)),
         ("LLM calls per agent", _table(tables.agents(run), index=False, empty="no agent calls recorded")),
@@ -172,24 +172,22 @@ def render_report(run: Run, params_tree: dict, *, title: str, figs: dict, extra_
 
 
 def run_report(params) -> dict:
-    """Write ``07_report/report.html`` and ``07_report/figures/`` for a run; return the manifest."""
+    """Write the report stage's ``report.html`` and ``figures/`` for a run; return the manifest."""
     run_path = run_dir(params)
     tree = params_dict(params)
-    manifests = [run_path / s / "manifest.json" for s in STAGES[:-1]]
-    stage = open_stage(run_path, "07_report", stage_params(tree, "07_report"),
-                       inputs=[m for m in manifests if m.exists()])
+    manifests = [manifest_path(run_path, s) for s in stage_spec("report").upstream]
+    stage = open_stage(run_path, "report", stage_params(tree, "report"), inputs=[m for m in manifests if m.exists()])
     run = Run(run_path)
     figs = figures.all_figures(run)
-    saved = figures.save_figures(figs, stage.file("figures"), png=params.report.png)
+    saved = figures.save_figures(figs, stage.artifact("figures"), png=params.report.png)
     for note in saved["notes"]:
         stage.note(note)
     for name, fig in figs.items():
         if figures.is_empty(fig):
             stage.logger.info("figure %s is empty: %s", name, figures.empty_message(fig))
-    report = Path(stage.file("report.html"))
-    atomic_write_text(report, render_report(run, tree, title=params.report.title, figs=figs,
-                                            extra_notes=[f"07_report: {n}" for n in saved["notes"]],
-                                            writing="07_report"))
+    report = stage.write("report", render_report(run, tree, title=params.report.title, figs=figs,
+                                                 extra_notes=[f"{stage.name}: {n}" for n in saved["notes"]],
+                                                 writing=stage.name))
     stage.counts.update({"figures": len(saved["html"]), "empty_figures": sum(map(figures.is_empty, figs.values())),
                          "png": len(saved["png"]), "report_bytes": report.stat().st_size})
     stage.logger.info("report written to %s", report)

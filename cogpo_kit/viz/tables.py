@@ -12,10 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from cogpo_kit.pipeline.stage import STAGES
-from cogpo_kit.viz.artifacts import (GAPS, INCORRECT_KIND, LEVELS, METRIC_LOSS, METRIC_STEP, NO_LABEL, Run,
-                                     bench_label, first_key, is_sweep_model, level_of, margin_gap, model_label,
-                                     model_order, text_of)
+from cogpo_kit.pipeline.stages import STAGES, stage_dir_name
+from cogpo_kit.viz.artifacts import (GAPS, INCORRECT_KIND, LEVELS, NO_LABEL, Run, bench_label, is_sweep_model,
+                                     level_of, margin_gap, model_label, model_order, text_of, verdict_of)
 
 
 def _words(text: Any) -> int:
@@ -74,9 +73,9 @@ def crv_counts(run: Run) -> dict:
     crits = run.critiques()
     return {"in": len(run.inputs()) or len(crits),
             "levels": Counter(level_of(r["level"]) for r in crits),
-            "kept": Counter(level_of(str(r.get("origin") or "").rstrip("*")) for r in run.sft()),
+            "kept": Counter(level_of(r["origin"].rstrip("*")) for r in run.sft()),
             "sft": len(run.sft()),
-            "incorrect": sum(1 for r in run.incorrect() if r.get("ok")),
+            "incorrect": len(run.incorrect()),
             "discards": {str(k): v for k, v in (run.funnel().get("discards") or {}).items()
                          if isinstance(v, (int, float))}}
 
@@ -120,7 +119,7 @@ def funnel(run: Run) -> pd.DataFrame:
     steps += [(f"rated {lvl}", c["levels"].get(lvl, 0)) for lvl in LEVELS]
     if c["levels"].get(NO_LABEL):
         steps.append(("no Critic label", c["levels"][NO_LABEL]))
-    if run.manifest("02_rethink") is not None:
+    if run.manifest("rethink") is not None:
         steps += [("kept: medium (verified)", c["kept"].get("medium", 0)),
                   ("kept: easy* (expanded, verified, re-rated medium)", c["kept"].get("easy", 0)),
                   ("kept: hard* (simplified, verified, re-rated medium)", c["kept"].get("hard", 0)),
@@ -131,21 +130,21 @@ def funnel(run: Run) -> pd.DataFrame:
 
 def rewrite_outcomes(run: Run) -> pd.DataFrame:
     """Per Critic level (and for the incorrect CoTs): examples, attempts, Verifier YES share, last outcomes."""
-    levels = {str(r["id"]): level_of(r["level"]) for r in run.critiques()}
+    levels = {r["id"]: level_of(r["level"]) for r in run.critiques()}
     by_id: dict[tuple[str, str], list[dict]] = {}
     for r in run.rewrites():
-        group = "incorrect CoT" if r.get("kind") == INCORRECT_KIND else levels.get(str(r["id"]), level_of(r.get("level")))
-        by_id.setdefault((group, str(r["id"])), []).append(r)
+        group = "incorrect CoT" if r["kind"] == INCORRECT_KIND else levels.get(r["id"], NO_LABEL)
+        by_id.setdefault((group, r["id"]), []).append(r)
     rows: dict[str, dict] = {}
     for (group, _), attempts in by_id.items():
-        attempts.sort(key=lambda r: int(r.get("attempt") or 0))
+        attempts.sort(key=lambda r: r["attempt"])
         row = rows.setdefault(group, {"examples": 0, "attempts": 0, "verdicts": 0, "yes": 0, "outcomes": Counter()})
         row["examples"] += 1
         row["attempts"] += len(attempts)
-        verdicts = [str(a["verdict"]).upper() for a in attempts if a.get("verdict") is not None]
+        verdicts = [str(verdict_of(a)).upper() for a in attempts if verdict_of(a) is not None]
         row["verdicts"] += len(verdicts)
         row["yes"] += verdicts.count("YES")
-        row["outcomes"][str(attempts[-1].get("outcome"))] += 1
+        row["outcomes"][attempts[-1]["outcome"]] += 1
     order = [g for g in (*LEVELS, NO_LABEL) if g in rows] + sorted(g for g in rows if g not in (*LEVELS, NO_LABEL))
     out = [{"level": g, "examples": rows[g]["examples"], "attempts": rows[g]["attempts"],
             "verifier YES (%)": round(100.0 * rows[g]["yes"] / rows[g]["verdicts"], 1) if rows[g]["verdicts"] else None,
@@ -155,9 +154,8 @@ def rewrite_outcomes(run: Run) -> pd.DataFrame:
 
 
 def incorrect_summary(run: Run) -> pd.DataFrame:
-    """Examples with a usable incorrect CoT (one whose own final answer is wrong) and those without."""
-    rows = run.incorrect()
-    ok = sum(1 for r in rows if r.get("ok") is True)
+    """Examples with a usable incorrect CoT (one the rethink stage found and kept) and those without."""
+    ok = len(run.incorrect())
     n = crv_counts(run)["in"]
     return pd.DataFrame([("examples", n), ("with a usable incorrect CoT", ok), ("without one", max(n - ok, 0))],
                         columns=["", "count"]).set_index("")
@@ -181,13 +179,13 @@ def pairs_by_gap(run: Run) -> pd.DataFrame:
 def training_summary(run: Run) -> pd.DataFrame:
     """Per trained model: logged steps, first and last loss, last reward margin."""
     rows = []
-    for stage in ("04_sft", "05_preference"):
+    for stage in map(stage_dir_name, ("sft", "preference")):
         logs = run.metric_runs(stage)
         for name in model_order(logs):
             log = logs[name]
-            losses = [(first_key(r, METRIC_STEP), first_key(r, ("loss",))) for r in log if first_key(r, ("loss",)) is not None]
+            losses = [(r["step"], r["loss"]) for r in log if r.get("loss") is not None]
             margins = [v for r in log for k, v in r.items() if margin_gap(k) == "all" and v is not None]
-            final = next((first_key(r, METRIC_LOSS) for r in reversed(log) if "train_loss" in r), None)
+            final = next((r["train_loss"] for r in reversed(log) if "train_loss" in r), None)
             rows.append({"stage": stage, "model": name, "logged steps": len(losses),
                          "first loss": round(losses[0][1], 4) if losses else None,
                          "last loss": round(losses[-1][1], 4) if losses else None,

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import ipywidgets as W
 
 from cogpo_kit.viz.artifacts import (GAPS, INCORRECT_KIND, LEVELS, Run, bench_label, level_of, model_label, model_order,
-                                     prompt_text, text_of)
+                                     prompt_text, rerating_of, text_of, verdict_of)
 from cogpo_kit.viz.diff import CSS, diff_html, diff_stats
 
 ALL = "all"
@@ -148,25 +148,25 @@ class _Browser(W.VBox):
 def cot_items(run: Run) -> list[dict]:
     """One item per example: its input row, critique, rewrite attempts, incorrect-CoT attempts (or the kept
     incorrect CoT), D_SFT* row, and its outcome (``kept`` when in D_SFT*, else its last attempt's outcome)."""
-    inputs = {str(r["id"]): r for r in run.inputs()}
-    crits = {str(r["id"]): r for r in run.critiques()}
+    inputs = {r["id"]: r for r in run.inputs()}
+    crits = {r["id"]: r for r in run.critiques()}
     attempts: dict[str, list[dict]] = {}
     corrupt: dict[str, list[dict]] = {}
     for r in run.rewrites():
-        (corrupt if r.get("kind") == INCORRECT_KIND else attempts).setdefault(str(r["id"]), []).append(r)
+        (corrupt if r["kind"] == INCORRECT_KIND else attempts).setdefault(r["id"], []).append(r)
     incorrect: dict[str, list[dict]] = {}
     for r in run.incorrect():
-        incorrect.setdefault(str(r["id"]), []).append(r)
-    sft = {str(r["id"]): r for r in run.sft()}
+        incorrect.setdefault(r["id"], []).append(r)
+    sft = {r["id"]: r for r in run.sft()}
     items = []
     for rid in dict.fromkeys([*crits, *inputs]):
-        mine = sorted(attempts.get(rid, []), key=lambda r: int(r.get("attempt") or 0))
+        mine = sorted(attempts.get(rid, []), key=lambda r: r["attempt"])
         crit = crits.get(rid, {})
-        outcome = ("kept" if rid in sft else str(mine[-1].get("outcome")) if mine
+        outcome = ("kept" if rid in sft else mine[-1]["outcome"] if mine
                    else f"no rewrite ({crit['reason']})" if crit.get("reason") else "no rewrite")
         items.append({"id": rid, "input": inputs.get(rid, {}), "critique": crit, "level": level_of(crit.get("level")),
                       "attempts": mine, "sft": sft.get(rid), "outcome": outcome,
-                      "corrupt": sorted(corrupt.get(rid, []), key=lambda r: int(r.get("attempt") or 0)),
+                      "corrupt": sorted(corrupt.get(rid, []), key=lambda r: r["attempt"]),
                       "incorrect": incorrect.get(rid, [])})
     return items
 
@@ -202,14 +202,14 @@ def cot_html(it: dict) -> str:
     cols = [_col("Original CoT", _e(original) if original else '<span class="ck-empty">no original CoT</span>',
                  f"{len(original.split())} words")]
     for a in it["attempts"]:
-        text = text_of(a.get("text"))
-        verdict = (f"Verifier {_badge(a.get('verdict'), _verdict_kind(a.get('verdict')))} "
-                   if a.get("verdict") is not None else "")
-        meta = (f"{verdict}re-rated {_badge(a.get('rerating') or '–')} outcome {_badge(a.get('outcome'))}")
+        text = a.get("rewrite") or ""
+        verdict = (f"Verifier {_badge(verdict_of(a), _verdict_kind(verdict_of(a)))} "
+                   if verdict_of(a) is not None else "")
+        meta = (f"{verdict}re-rated {_badge(rerating_of(a) or '–')} outcome {_badge(a['outcome'])}")
         if not text:
-            body = ('<span class="ck-empty">the original CoT, checked as it is</span>' if a.get("kind") == "medium"
+            body = ('<span class="ck-empty">the original CoT, checked as it is</span>' if a["kind"] == "medium"
                     else '<span class="ck-empty">no rewrite text</span>')
-            cols.append(_col(f"{'Verification' if a.get('kind') == 'medium' else 'Rewrite'} attempt "
+            cols.append(_col(f"{'Verification' if a['kind'] == 'medium' else 'Rewrite'} attempt "
                              f"{_e(a.get('attempt'))}", body, meta))
             continue
         st = diff_stats(original, text)
@@ -217,20 +217,17 @@ def cot_html(it: dict) -> str:
         if a.get("reached_answer") is not None:
             meta += f", reaches {_badge(a.get('reached_answer'))}"
         cols.append(_col(f"Rewrite attempt {_e(a.get('attempt'))}", diff_html(original, text), meta))
-    kept_incorrect = {text_of(r.get("text")) for r in it["incorrect"] if r.get("ok")}
+    kept_incorrect = {r["reasoning"] for r in it["incorrect"]}
     for a in it["corrupt"]:
-        text = text_of(a.get("text"))
-        meta = f"reaches {_badge(a.get('reached_answer') or 'no answer')} outcome {_badge(a.get('outcome'))}"
+        text = a.get("rewrite") or ""
+        meta = f"reaches {_badge(a.get('reached_answer') or 'no answer')} outcome {_badge(a['outcome'])}"
         if text in kept_incorrect:
             meta += " " + _badge("usable", "ck-good")
         cols.append(_col(f"Incorrect CoT attempt {_e(a.get('attempt'))}",
                          diff_html(original, text) if text else '<span class="ck-empty">no text</span>', meta))
-    for r in ([] if it["corrupt"] else it["incorrect"]):
-        text = text_of(r.get("text"))
-        usable = r.get("ok") is True
-        meta = (f"reaches {_badge(r.get('reached_answer'))} "
-                f"{_badge('usable' if usable else 'not usable', 'ck-good' if usable else 'ck-bad')}")
-        cols.append(_col("Incorrect CoT", diff_html(original, text), meta))
+    for r in ([] if it["corrupt"] else it["incorrect"]):  # every incorrect CoT written is usable
+        meta = f"reaches {_badge(r['reached_answer'])} {_badge('usable', 'ck-good')}"
+        cols.append(_col("Incorrect CoT", diff_html(original, r["reasoning"]), meta))
     if not it["attempts"] and not it["corrupt"] and not it["incorrect"]:
         cols.append(_col("Rewrites", '<span class="ck-empty">no rewrite or incorrect version for this example</span>'))
     return head + f'<div class="ck-cols">{"".join(cols)}</div>'
@@ -242,7 +239,7 @@ class PairBrowser(_Browser):
     def __init__(self, run: Any):
         self.run = as_run(run)
         super().__init__(list(self.run.pairs()), {"gap_filter": ("gap", lambda p: p["gap"], GAPS)},
-                         label=lambda p: f"{p.get('id') or p['_line']} · {p['gap']}", empty="no pair matches the filter")
+                         label=lambda p: f"{p['id']} · {p['gap']}", empty="no pair matches the filter")
 
     def render_item(self, p: dict) -> str:
         return pair_html(p)
@@ -251,7 +248,7 @@ class PairBrowser(_Browser):
 def pair_html(p: dict) -> str:
     """HTML of one preference pair: chosen and rejected side by side, each side's own words highlighted."""
     chosen, rejected = text_of(p["chosen"]), text_of(p["rejected"])
-    head = (f"<div><b>{_e(p.get('id'))}</b> · gap {_badge(p['gap'])} · β {_badge(p.get('beta'))}"
+    head = (f"<div><b>{_e(p['id'])}</b> · gap {_badge(p['gap'])} · β {_badge(p['beta'])}"
             f" · from example {_e(p.get('source_id'))}</div>"
             f"<div class='ck-meta'><b>Prompt:</b> {_e(prompt_text(p.get('prompt')))}</div>")
     cols = [_col(f"Chosen · {_e(p.get('chosen_kind'))}", diff_html(rejected, chosen, show_removed=False),

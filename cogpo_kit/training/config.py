@@ -62,8 +62,6 @@ class OptimParams:
 class SFTParams:
     """Stage 04: supervised fine-tuning on D_SFT* (CRV+SFT) and on the original CoTs (SFT baseline)."""
 
-    model: str = "embedded:smollm2-135m-instruct"
-    """The student model spec (also the zero-shot baseline)."""
     variants: tuple[str, ...] = ("crv_sft", "sft")
     """``crv_sft`` trains on D_SFT*; ``sft`` on the original dataset, every row (the paper's SFT baseline);
     ``sft_same_problems`` on the original CoTs of the D_SFT* problems only (isolates the rewrites);
