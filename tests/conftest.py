@@ -9,6 +9,8 @@ Fixtures:
   :func:`cogpo_kit.models.resolve.hf_path`); a test that asks for it is marked ``builds_model``;
 - ``crv_run``: ``<tmp_path>/run`` holding the CRV artifacts written by the real critique and rethink
   stages on scripted agents (:func:`test_pairs_fixtures.write_crv_fixture`);
+- ``loopback_server``: ``start(handler_class) -> base URL`` of an HTTP server on 127.0.0.1 for the
+  test (stand-in OpenAI-compatible and vLLM servers);
 - ``fake_run``: the parameter file of a finished fake run (every stage but the report,
   :func:`fake_run.make_fake_run`), built once per test module.
 
@@ -42,6 +44,28 @@ def params_factory(tmp_path) -> Callable:
         return load_params(list(paths), [f"run.output_dir={tmp_path}", f"run.run_id={run_id}", *overrides])
 
     return make
+
+
+@pytest.fixture
+def loopback_server() -> Callable:
+    """``start(handler_class) -> base URL``: an HTTP server on 127.0.0.1 (a free port) serving
+    ``handler_class`` in a thread, shut down after the test; the URL ends in ``/v1``."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    servers = []
+
+    def start(handler_class) -> str:
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import socket
 import sqlite3
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -94,20 +94,8 @@ def make_handler(script: Script):
 
 
 @pytest.fixture
-def server():
-    servers = []
-
-    def start(script: Script) -> str:
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(script))
-        srv.daemon_threads = True
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}/v1"
-
-    yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+def server(loopback_server):
+    return lambda script: loopback_server(make_handler(script))
 
 
 def cfg(urls, **kw):

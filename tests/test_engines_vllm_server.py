@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -123,20 +123,8 @@ def handler(state: VLLMLike):
 
 
 @pytest.fixture
-def serve():
-    servers = []
-
-    def start(state):
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler(state))
-        srv.daemon_threads = True
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}/v1"
-
-    yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+def serve(loopback_server):
+    return lambda state: loopback_server(handler(state))
 
 
 def engine(url, tmp_path, **kw):
