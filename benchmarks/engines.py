@@ -154,8 +154,30 @@ def render(meta: dict, rows: list[dict]) -> str:
         ratio = f"{r['tok_s'] / base:.1f}×" if base else "n/a"
         lines.append(f"| {r['backend']} | {r['requests']} | {r['completion_tokens']} | {r['wall_s']:.1f} | "
                      f"{r['tok_s']:.1f} | {ratio} | {r['load']:.1f} |")
+    lines += steps_table(rows)
     lines += ["", f"Command: `{meta['command']}`", ""]
     return "\n".join(lines)
+
+
+def steps_table(rows: list[dict]) -> list[str]:
+    """Where each llama.cpp row's time went: prompt steps against decode steps (the engine's ``step_stats``)."""
+    rows = [r for r in rows if r.get("steps")]
+    if not rows:
+        return []
+    lines = ["", "Where the llama.cpp engine's time goes (`step_stats`): a *prompt step* feeds prompt tokens (the "
+             "running sequences' next tokens ride along), a *decode step* one generated token per sequence; "
+             "seconds are inside `llama_decode`, the rest of the wall time is sampling, scheduling and Python.", "",
+             "| back end | prompt steps | prompt tokens | prompt s | decode steps | sequences per decode step | "
+             "decode s | ms per decode step | other s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        st = r["steps"]
+        width = st["decode_sequences"] / max(1, st["decode_steps"])
+        per = 1000 * st["decode_s"] / max(1, st["decode_steps"])
+        other = st["wall_s"] - st["prompt_s"] - st["decode_s"]
+        lines.append(f"| {r['backend']} | {st['prompt_steps']} | {st['prompt_tokens']} | {st['prompt_s']:.1f} | "
+                     f"{st['decode_steps']} | {width:.1f} | {st['decode_s']:.1f} | {per:.0f} | {other:.1f} |")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -183,10 +205,12 @@ def main(argv=None) -> int:
     eng = build_engine(llama, cache_path=str(work / "cache.sqlite"))
     rows.append(timed(f"llamacpp engine, the agents' default (16 sequences batched; weights {eng.backend.weights})",
                       lambda: eng.generate(reqs)))
+    rows[-1]["steps"] = eng.backend.step_stats.as_dict()
     cached = timed("llamacpp engine, same batch from the response cache", lambda: eng.generate(reqs))
     eng.close()
     eng = build_engine(replace(llama, gguf_weights="as_is"), cache_path=str(work / "cache.sqlite"))
     rows.append(timed("llamacpp engine (16 sequences batched; Q4_1 weights as shipped)", lambda: eng.generate(reqs)))
+    rows[-1]["steps"] = eng.backend.step_stats.as_dict()
     eng.close()
     if "openai" not in args.skip:
         proc, url = start_server(threads)

@@ -2,6 +2,8 @@
 
     cogpo-kit run params/demo.yaml                      # all stages, notebooks executed by papermill
     cogpo-kit run params/demo.yaml --stages critique,rethink
+    cogpo-kit sweep params/demo.yaml --grid pairs.beta_large=0.3,0.5,1.0   # one run per variant, stages shared
+    cogpo-kit compare outputs/demo-sweep -o compare.html                  # several runs side by side
     cogpo-kit data check gsm8k_train                    # validate a CoT dataset, print counts
     cogpo-kit data contamination limo gsm8k_train --bench math500 aime24
     cogpo-kit train sft params/demo.yaml
@@ -31,6 +33,22 @@ def _cmd_run(args) -> int:
     run_pipeline(args.params, overrides=args.overrides, stages=stages, from_stage=args.from_stage,
                  force=args.force, in_process=args.in_process)
     return 0
+
+
+def _cmd_sweep(args) -> int:
+    from cogpo_kit.pipeline.sweep import run_sweep
+
+    stages = [s for s in (args.stages or "").split(",") if s] or None
+    run_sweep(args.params, overrides=args.overrides, grid=args.grid, jobs=args.jobs, stages=stages,
+              from_stage=args.from_stage, force=args.force, in_process=args.in_process, report=not args.no_report)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from cogpo_kit.viz.compare import main as compare_main
+
+    models = [m for m in (args.models or "").split(",") if m] or None
+    return compare_main(args.runs, out=args.out, reference=args.reference, models=models, resamples=args.resamples)
 
 
 def _cmd_data_check(args) -> int:
@@ -82,6 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="call the stage functions directly instead of executing notebooks")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("sweep", help="run variants of a run (a grid or named variants), sharing unchanged stages")
+    _add_params_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a parameter and its values; every combination of the --grid keys is a variant (repeatable)")
+    p.add_argument("--jobs", type=int, default=None, help="variants run at the same time (default: the file's, else 1)")
+    p.add_argument("--stages", help="comma-separated stages to run in every variant")
+    p.add_argument("--from", dest="from_stage", help="run this stage and every later one")
+    p.add_argument("--force", action="store_true", help="redo the stages (each shared stage once)")
+    p.add_argument("--in-process", action="store_true", help="call the stage functions directly instead of executing notebooks")
+    p.add_argument("--no-report", action="store_true", help="do not write the comparison report at the end")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("compare", help="compare runs: results with intervals, paired tests, figure, params diff")
+    p.add_argument("runs", nargs="+", help="run folders, or a sweep folder (its variants)")
+    p.add_argument("-o", "--out", help="HTML report to write (default: compare.html in the sweep folder or here)")
+    p.add_argument("--reference", help="the run the others are compared with (default: the first)")
+    p.add_argument("--models", help="comma-separated models to compare (default: every evaluated model)")
+    p.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples of the paired intervals")
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="validate a CoT dataset and print counts, lengths and problems found")
@@ -119,10 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cogpo_kit.params import ParamsError
 
     errors: tuple[type[BaseException], ...] = (ParamsError, DataError)
-    if args.command == "run":
+    if args.command in ("run", "sweep"):
         from cogpo_kit.pipeline.runner import PipelineError
 
         errors += (PipelineError,)
+    if args.command == "compare":
+        errors += (FileNotFoundError, ValueError)
     try:
         return int(args.func(args) or 0)
     except errors as exc:

@@ -235,3 +235,25 @@ def test_truncated_can_be_served_when_asked(tmp_path):
     eng.generate([req()])
     again = eng.generate([req()])[0][0]
     assert again.cached and again.finish_reason == "length" and len(be.calls) == 1
+
+
+def test_greedy_truncated_is_served_not_asked_again(tmp_path):
+    """A temperature-0 completion cut at max_tokens would be cut the same way again: it is served,
+    marked ``length``, even with ``retry_truncated`` on; a larger budget is another key and is asked."""
+    be = FakeBackend(fail={0: ["length"]})
+    eng = CachedEngine(be, tmp_path / "c.sqlite", show_progress=False, retry_truncated=True)
+    first = eng.generate([req(temperature=0.0, max_tokens=8)])[0][0]
+    assert first.finish_reason == "length" and not first.cached
+    again = eng.generate([req(temperature=0.0, max_tokens=8)])[0][0]
+    assert again.cached and again.finish_reason == "length" and again.text == first.text
+    assert len(be.calls) == 1
+    eng.generate([req(temperature=0.0, max_tokens=16)])
+    assert len(be.calls) == 2
+
+
+def test_sampled_truncated_is_still_asked_again(tmp_path):
+    be = FakeBackend(fail={0: ["length"]})
+    eng = CachedEngine(be, tmp_path / "c.sqlite", show_progress=False, retry_truncated=True)
+    eng.generate([req(temperature=0.7, max_tokens=8)])
+    again = eng.generate([req(temperature=0.7, max_tokens=8)])[0][0]
+    assert not again.cached and len(be.calls) == 2

@@ -310,3 +310,26 @@ def test_llamacpp_every_step_is_one_run_of_consecutive_slots(tmp_path, monkeypat
     assert eng.backend.generate([other])[0][0].text == together[1][0].text
     assert [c.text for c in eng.backend.generate([shared])[0]] == [c.text for c in together[0]]
     eng.close()
+
+
+@pytest.mark.builds_model
+def test_llamacpp_step_stats_account_for_every_token_fed(llama):
+    """``step_stats`` splits the fed tokens into prompt and generated ones, and the steps into prompt and decode
+    steps, as the tokens actually sent through the model (``decoded_tokens``) and the samples' lengths say."""
+    b = llama.backend
+    before, decoded = b.step_stats.as_dict(), b.decoded_tokens
+    msgs = ({"role": "user", "content": "Count from one to twenty in words."},)
+    reqs = [Request(messages=msgs, sampling=SamplingParams(temperature=0.8, max_tokens=10, seed=s), n=2)
+            for s in range(3)]
+    out = b.generate(reqs)
+    st = {k: v - before[k] for k, v in b.step_stats.as_dict().items()}
+    assert st["prompt_tokens"] + st["generated_tokens"] == b.decoded_tokens - decoded
+    samples = [c for row in out for c in row]
+    completion = sum(c.completion_tokens for c in samples)
+    # every generated token is fed back except the last of a sample cut at its limit
+    cut = sum(c.finish_reason == "length" for c in samples)
+    assert cut and st["generated_tokens"] == completion - cut
+    assert st["prompt_steps"] >= 1 and st["decode_steps"] >= 9
+    assert st["decode_sequences"] <= st["generated_tokens"]  # decode steps carry generated tokens only
+    assert 1 <= st["decode_sequences"] / st["decode_steps"] <= 6
+    assert st["wall_s"] >= st["prompt_s"] + st["decode_s"] > 0

@@ -198,3 +198,88 @@ def test_moved_or_copied_run_folder_still_matches(tmp_path, fake_stages):
     (tmp_path / "moved/r/notebooks/pipeline_state.json").unlink()
     params = load_params([yaml_path], [f"run.output_dir={tmp_path / 'moved'}"])
     assert check_stage(run_dir(params), RETHINK, params_dict(params)).reason == f"{CRITIQUE} was redone after it"
+
+
+# --- what a running stage shows in the terminal -----------------------------------------------------------
+
+def test_in_process_stage_progress_and_log_lines_reach_the_terminal(tmp_path, monkeypatch, capsys):
+    from cogpo_kit.progress import progress
+
+    monkeypatch.delenv("COGPO_NO_PROGRESS", raising=False)
+
+    def make(stage):
+        def run(params):
+            st = open_stage(run_dir(params), stage, stage_params(params_dict(params), stage))
+            for i in progress(range(7), desc=f"items of {stage}", unit="item"):
+                pass
+            st.logger.info("graded %d of %d", 7, 7)
+            return st.finish()
+        return run
+
+    monkeypatch.setattr(runner, "stage_function", make)
+    runner.run_pipeline([_params_file(tmp_path)], stages="critique,pairs", in_process=True, label="v1")
+    got = capsys.readouterr()
+    assert "[v1] [1/2] 01_critique: running (not run yet)" in got.out
+    assert "[v1]   " in got.out and "INFO graded 7 of 7" in got.out
+    assert f"INFO stage {PAIRS} finished in" in got.out
+    assert "items of 01_critique: 100%" in got.err and "7/7" in got.err
+
+
+def test_log_tail_prints_only_new_lines(tmp_path):
+    import io
+
+    log = tmp_path / "stage.log"
+    log.write_text("old line\n")
+    out = io.StringIO()
+    console = runner.Console(out=out, err=io.StringIO(), label="x")
+    with runner.LogTail(log, console, interval_s=0.01):
+        with open(log, "a") as f:
+            f.write("first new\nsecond ")
+            f.flush()
+            f.write("half\n")
+    assert out.getvalue() == "[x]   first new\n[x]   second half\n"
+
+
+def test_console_keeps_log_lines_and_bars_apart():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out, err = Tty(), Tty()
+    c = runner.Console(out=out, err=err)
+    c.bar("\ritems:  50%|##  | 1/2")
+    c.line("a log line")
+    c.bar("\ritems: 100%|####| 2/2\n")
+    assert out.getvalue() == "a log line\n"
+    # the bar is cleared before the log line and drawn again after it; the last state ends its line
+    assert err.getvalue().endswith("items: 100%|####| 2/2\n")
+    assert "\r" + " " * len("items:  50%|##  | 1/2") + "\r" in err.getvalue()
+    # a nested bar (tqdm draws it one line down and moves back up) takes the status line, commits nothing
+    err2 = Tty()
+    c2 = runner.Console(out=Tty(), err=err2)
+    c2.bar("\rjobs:  50%| 1/2")
+    c2.bar("\n\rsamples:  33%| 3/9\x1b[A")
+    assert "\n" not in err2.getvalue() and "\x1b" not in err2.getvalue()
+    assert err2.getvalue().endswith("\rsamples:  33%| 3/9")
+
+
+def test_notebook_progress_bars_are_forwarded_as_text(tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.delenv("COGPO_NO_PROGRESS", raising=False)  # CI sets it; this test is about the bars
+
+    src = _notebook(tmp_path / "bars.ipynb", "x = 1",
+                    "import os\nfrom cogpo_kit.progress import progress\nprint(os.environ.get('COGPO_PROGRESS'))\n"
+                    "for i in progress(range(5), desc='items', unit='item'):\n    pass")
+    out_nb = tmp_path / "run" / "notebooks" / f"{CRITIQUE}.ipynb"
+    err = io.StringIO()
+    console = runner.Console(out=io.StringIO(), err=err, label="v")
+    runner.execute_notebook(CRITIQUE, out_nb, {"x": 2}, kernel_name=runner.ensure_kernel(), source=src,
+                            console=console)
+    assert "[v] items: 100%|" in err.getvalue() and "5/5" in err.getvalue()
+    cells = nbformat.read(str(out_nb), as_version=4).cells
+    outputs = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any(o.get("name") == "stdout" and o.get("text", "").strip() == "text" for o in outputs)  # the kernel's mode
+    assert not any("application/vnd.jupyter.widget-view+json" in (o.get("data") or {}) for o in outputs)

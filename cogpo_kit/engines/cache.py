@@ -8,8 +8,9 @@ batch. Every result is committed (fsync'ed) before it is returned, as soon as th
 finishes it when the back end streams its results, so a killed run keeps all finished work.
 Errors, empty and truncated completions are recorded as what they are (with an attempt count)
 but never served later: a later call asks the back end again (truncated ones may be served,
-marked ``length``, with ``retry_truncated=False``). Several processes and threads may
-write to one file at once.
+marked ``length``, with ``retry_truncated=False``). A greedy (temperature 0) completion cut at
+``max_tokens`` is always served, marked ``length``: asked again with the same budget (the key holds
+it) it would be cut at the same place. Several processes and threads may write to one file at once.
 
 The file itself (schema, keys, reads and writes) is :mod:`cogpo_kit.engines.cache_store`; this
 module is the :class:`CachedEngine` wrapper that serves from it and sends the rest to the back end.
@@ -203,7 +204,8 @@ class CachedEngine:
         r = ledger.requests[i]
         key, body = ledger.keyed[i]
         sample = start + j
-        ok = is_good(c, r.choices, serve_truncated=not self.retry_truncated)
+        deterministic = r.sampling.temperature <= 0  # the same budget asked again is cut the same way
+        ok = is_good(c, r.choices, serve_truncated=deterministic or not self.retry_truncated)
         if self.enabled and self.store is not None:
             c = self.store.put(key, body, sample, c, ok)
         with self._lock:

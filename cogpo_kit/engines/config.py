@@ -38,7 +38,8 @@ class CacheParams:
     """Delete this engine's cached entries before the stage runs."""
     retry_truncated: bool = True
     """Ask again for completions cut at ``max_tokens`` (recorded as ``length``) instead of serving
-    them; ``false`` serves them from the cache, still marked ``length``."""
+    them; ``false`` serves them from the cache, still marked ``length``. Greedy (temperature 0)
+    completions cut at ``max_tokens`` are always served: the same budget cuts them the same way."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Free-text samples are generated ``batch_size`` at a time (grouped by length limit and stop
 strings, sorted by prompt length to keep padding small). Every row has its own sampler
 (temperature, top_k, top_p and a seed derived from the request seed and the sample index), applied
-by a logits processor, so a sample does not depend on its neighbours' settings. Label requests
+by a logits processor, so a sample does not depend on its neighbours' settings (a batch of greedy
+rows only needs generate's own argmax, which picks the same tokens). A request whose stop strings
+hold :data:`FINAL_ANSWER_STOP` ends once it has written its boxed answer line. Label requests
 score each choice's log-probability (the choice's tokens and the end-of-turn token) after the
 prompt and sample a label from that distribution at the request's temperature (argmax at 0): the
 answer is always one of the choices. With ``thinking_end`` set the model first writes freely up
@@ -14,15 +16,38 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Callable, Optional, Sequence
 
+from cogpo_kit.answers.extraction import matching_brace
 from cogpo_kit.engines.base import Completion, EngineCapabilities, EngineError, Request
 from cogpo_kit.engines.common import (apply_stop, cpu_threads, describe_request, fit_prompt,
                                       label_completion, sample_seed)
 from cogpo_kit.engines.config import EngineParams
+
+
+FINAL_ANSWER_STOP = "\x00final-answer-line\x00"
+"""A ``SamplingParams.stop`` entry asking this engine to end a sample once it has written a line holding a
+complete boxed answer (the kit's ``The final answer is $\\boxed{...}$.``) and gone on to the next line;
+the text is cut at the end of that line. Engines that do not know it never meet it (it holds NUL
+characters), so their samples run to end of turn or ``max_tokens`` as before."""
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def final_answer_end(text: str) -> Optional[int]:
+    """Where a completion asked to stop at its final answer ends: the end of the first line that holds a
+    complete ``\\boxed{...}`` once that line has ended (a line break follows it); ``None`` before that."""
+    for m in _BOX.finditer(text):
+        close = matching_brace(text, m.end() - 1)
+        if close < 0:
+            return None
+        nl = text.find("\n", close)
+        return nl if nl >= 0 else None
+    return None
 
 
 @dataclass
@@ -92,16 +117,24 @@ def _stop_on_text_cls():
     from transformers import StoppingCriteria
 
     class StopOnText(StoppingCriteria):
-        """Stops a row once its generated text (never the prompt) contains a stop string."""
+        """Stops a row once its generated text (never the prompt) contains a stop string, or, with
+        :data:`FINAL_ANSWER_STOP` among the stops, once it has written its final answer line."""
 
         def __init__(self, tok, stops: Sequence[str], start: int):
-            self.tok, self.stops, self.start = tok, [s for s in stops if s], start
-            self.window = max(len(s) for s in self.stops) + 4
+            self.final = FINAL_ANSWER_STOP in stops
+            self.tok, self.stops, self.start = tok, [s for s in stops if s and s != FINAL_ANSWER_STOP], start
+            self.window = max((len(s) for s in self.stops), default=0) + 4
 
         def __call__(self, input_ids, scores, **kwargs):
-            tail = input_ids[:, self.start:][:, -self.window:]
-            texts = self.tok.batch_decode(tail, skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+            done = [False] * input_ids.shape[0]
+            if self.stops:
+                tail = input_ids[:, self.start:][:, -self.window:]
+                texts = self.tok.batch_decode(tail, skip_special_tokens=True)
+                done = [any(s in t for s in self.stops) for t in texts]
+            if self.final:
+                texts = self.tok.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+                done = [d or final_answer_end(t) is not None for d, t in zip(done, texts)]
+            return torch.tensor(done, device=input_ids.device)
 
     return StopOnText
 
@@ -245,9 +278,12 @@ class TransformersEngine:
                 gc = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=self.eos_ids,
                                       pad_token_id=pad)
                 kwargs = {"stopping_criteria": [stop_on_text(self.tok, stops, width)]} if stops else {}
+                if any(g.temperature > 0 for g in chunk):
+                    kwargs["logits_processor"] = [row_sampler(chunk)]
+                # an all-greedy chunk needs no sampler: generate's own argmax picks the same tokens without
+                # sorting the vocabulary of every row at every step
                 with torch.no_grad():
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc,
-                                              logits_processor=[row_sampler(chunk)], **kwargs)
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, **kwargs)
                 for b, g in enumerate(chunk):
                     new = out[b, width:].tolist()
                     ended = False
@@ -257,6 +293,9 @@ class TransformersEngine:
                             break
                     text = self.tok.decode(new, skip_special_tokens=True)
                     text, hit = apply_stop(text, stops)
+                    end = final_answer_end(text) if FINAL_ANSWER_STOP in stops else None
+                    if end is not None:
+                        text, hit = text[:end], True
                     finish = "stop" if (ended or hit) else ("length" if len(new) >= max_new else "stop")
                     yield g, (text, finish, len(new))  # the end-of-turn token is not counted
 

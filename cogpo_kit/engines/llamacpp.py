@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 from cogpo_kit.engines.base import Completion, EngineCapabilities, EngineError, Request
 from cogpo_kit.engines.common import cpu_threads, describe_request, fit_prompt, openmp_defaults, sample_seed
 from cogpo_kit.engines.config import EngineParams
-from cogpo_kit.engines.llamacpp_batch import MIN_CHUNK, ContinuousBatch, Job
+from cogpo_kit.engines.llamacpp_batch import MIN_CHUNK, ContinuousBatch, Job, StepStats
 from cogpo_kit.engines.llamacpp_model import context_params, load_model, parallel_sequences, quiet_llama_logs
 from cogpo_kit.engines.llamacpp_prompts import MIN_SHARE, PromptStore, SavedPrompt, common_prefix
 
@@ -85,6 +85,8 @@ class LlamaCppEngine:
         plus generated tokens): the compute actually paid, for benchmarks."""
         self.slot_moves = 0
         """Sequences moved to a lower KV stream to keep the active streams contiguous."""
+        self.step_stats = StepStats()
+        """Prompt against decode steps: tokens, seconds in ``llama_decode``, batch width (benchmarks)."""
         self.prompt_store = PromptStore(int(config.prompt_cache_mb) * 2**20)
         """Finished prompts' KV cells in host memory (``saved``, ``restored``, ``restored_tokens``)."""
 

@@ -11,6 +11,7 @@ that stop (saving their prompt's cells in the prompt store and freeing their slo
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -23,6 +24,34 @@ from cogpo_kit.engines.llamacpp_prompts import (MIN_SHARE, PromptStore, SavedPro
 MIN_CHUNK = 64
 """Fewest prompt tokens a step gives a sequence beyond its first one, unless that ends its prompt: each
 sequence's extra tokens are a pass of their own over the weights, which a short chunk does not pay for."""
+
+
+@dataclass
+class StepStats:
+    """Where an engine's decode steps went (summed over its ``generate`` calls), for benchmarks.
+
+    A step is *prompt* when it feeds any prompt token (its sequences' next tokens ride along), else
+    *decode* (one generated token per sequence)."""
+
+    prompt_steps: int = 0
+    """Steps that fed prompt tokens."""
+    decode_steps: int = 0
+    """Steps that fed only generated tokens."""
+    prompt_tokens: int = 0
+    """Prompt tokens fed (not the ones taken from another prompt's KV cells)."""
+    generated_tokens: int = 0
+    """Generated tokens fed back (one per sequence and step)."""
+    prompt_s: float = 0.0
+    """Seconds inside ``llama_decode`` in prompt steps."""
+    decode_s: float = 0.0
+    """Seconds inside ``llama_decode`` in decode steps."""
+    decode_sequences: int = 0
+    """Sequences summed over the decode steps (divided by ``decode_steps``: the mean batch width)."""
+    wall_s: float = 0.0
+    """Seconds inside ``generate`` (decode steps, sampling, scheduling and Python together)."""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
 
 
 @dataclass
@@ -88,9 +117,17 @@ class ContinuousBatch:
         self.copy_sources: set[int] = set()  # streams read by a copy not yet carried out
         self.active: list[Seq] = []  # sequences holding a slot (KV stream)
         self.waiting: list[Seq] = []  # sequences whose leader has not evaluated their prefix yet: no slot
+        self.step_prompt = 0  # prompt tokens in the step being written
 
     def run(self) -> list[list[Completion]]:
         """Step until every sequence has finished and ``more()`` has nothing left."""
+        t0 = time.perf_counter()
+        try:
+            return self._run()
+        finally:
+            self.engine.step_stats.wall_s += time.perf_counter() - t0
+
+    def _run(self) -> list[list[Completion]]:
         while True:
             self.ask_more()
             if not (self.pending or self.active or self.waiting):
@@ -240,8 +277,11 @@ class ContinuousBatch:
         index) pairs to sample: the sequences whose feed is all in."""
         batch = self.batch
         n = 0
+        self.step_prompt = 0
         to_sample: list[tuple[Seq, int]] = []
         for seq, take in plan:
+            if seq.n_phase == 0:  # nothing generated in this phase yet: prompt (or thinking) tokens
+                self.step_prompt += take
             for tok in seq.feed[:take]:
                 batch.token[n] = tok
                 batch.pos[n] = seq.pos
@@ -260,7 +300,19 @@ class ContinuousBatch:
         return n, to_sample
 
     def decode(self, n: int) -> None:
+        t0 = time.perf_counter()
         rc = self.llama.llama_decode(self.ctx, self.batch)
+        seconds = time.perf_counter() - t0
+        st = self.engine.step_stats
+        if self.step_prompt:
+            st.prompt_steps += 1
+            st.prompt_s += seconds
+        else:
+            st.decode_steps += 1
+            st.decode_s += seconds
+            st.decode_sequences += n
+        st.prompt_tokens += self.step_prompt
+        st.generated_tokens += n - self.step_prompt
         self.copy_sources.clear()  # the decode carried the pending stream copies out
         self.engine.decoded_tokens += n
         if rc != 0:

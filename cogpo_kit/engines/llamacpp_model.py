@@ -134,7 +134,9 @@ def context_params(n_parallel: int, n_ctx: int, n_batch: int, threads: int):
     cp.n_batch = n_batch
     cp.n_ubatch = n_batch
     cp.kv_unified = False  # one KV stream per sequence: attention only over its own cells
-    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # faster here on CPU, as create_chat_completion
+    # Flash attention off: on 2 cores (f32 weights, the 16 prompts of benchmarks/engines.py, 13 sequences a
+    # step) a decode step took 343 CPU-ms with it against 213 without (benchmarks/results/engines.md)
+    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     cp.n_threads = cp.n_threads_batch = threads
     cp.no_perf = True
     return cp

@@ -91,6 +91,17 @@ class EvalParams:
     """Reference model of the paired comparisons in ``comparison.csv`` (``None`` or absent: the first model)."""
     include_beta_sweep: bool = True
     """Also evaluate the ``cogpo_x<f>`` models of ``preference.beta_sweep`` when ``cogpo`` is evaluated."""
+    stop_at_final_answer: bool = False
+    """End a completion of a benchmark graded on its boxed answer (math, multiple choice) once it has written
+    the line holding its boxed answer and started another line (the text is cut at the end of that line);
+    code benchmarks always run to the end of turn or ``max_tokens``. ``false`` is the paper's (generation
+    runs to the end of turn or the budget). Served by the transformers engine; other engines ignore it
+    (a note in the manifest says so)."""
+    reuse: bool = True
+    """Serve a model's answers on a benchmark from ``<output_dir>/cache/evaluations`` when the same model
+    content (weights fingerprint, not folder) was evaluated before with the same prompts, decoding and
+    output-changing engine settings: no engine is built for it, and it is graded again. ``false``: every
+    model generates again (the response cache may still serve its samples)."""
 
     def __post_init__(self) -> None:
         self.decoding()  # refuses an unknown protocol and several samples at temperature 0

@@ -7,7 +7,12 @@ For each name in ``eval.models``:
   ``cogpo_x<f>`` (beta sweep) are ``05_preference/<name>/model``; anything else is a model spec;
 - a missing checkpoint is a note in the manifest and the model is skipped, not a crash;
 - one engine per model (``eval.engine`` with the model filled in), all prompts of all benchmarks
-  sent at once; then grading (math: time-limited worker; choice: letter extractors; code: sandbox).
+  sent at once; then grading (math: time-limited worker; choice: letter extractors; code: sandbox);
+- a model whose answers on a benchmark were generated before under the same content key (its weights'
+  fingerprint, the prompts, the decoding, the engine settings that change outputs: see
+  :mod:`cogpo_kit.evaluation.reuse`) gets them from ``<output_dir>/cache/evaluations`` and is graded
+  again; when every benchmark is served so, no engine is built (no model load). ``results.json`` and
+  the manifest record ``reused_from`` (``eval.reuse: false`` generates everything again).
 
 The decoding protocol (``eval.protocol``: greedy / r1 / as ``eval.sampling`` says) is resolved once and
 recorded with every number; with ``eval.expect_sizes: paper`` every benchmark's size is checked
@@ -31,6 +36,7 @@ from cogpo_kit.evaluation.benchmarks import (LoadOptions, build_messages, check_
 from cogpo_kit.evaluation.comparison import build_comparison, comparison_csv
 from cogpo_kit.evaluation.grading import MathGrader
 from cogpo_kit.evaluation.protocol import budget_note, ignored_sampling_note
+from cogpo_kit.evaluation.reuse import STORE_DIR, EvaluationStore, generation_key
 from cogpo_kit.evaluation.scoring import grade_benchmark, problem_scores, summarize_benchmark
 from cogpo_kit.params.loader import params_dict
 from cogpo_kit.pipeline.stage import open_stage, run_dir
@@ -100,10 +106,54 @@ def load_eval_problems(ev, st=None) -> dict[str, list]:
 
 
 def _default_factory(params, run_path: Path) -> EngineFactory:
+    """:func:`~cogpo_kit.engines.build_engine` with ``eval.engine``; a llama.cpp engine gets a trained model
+    (HF or adapter folder) as its GGUF export (:func:`cogpo_kit.models.gguf_export.engine_model`, once per
+    content)."""
     from cogpo_kit.engines import build_engine
 
     cache = str(Path(params.run.output_dir) / "cache" / "responses.sqlite")
-    return lambda spec: build_engine(replace(params.eval.engine, model=spec), cache_path=cache, model=spec)
+
+    def factory(spec: str):
+        if params.eval.engine.engine == "llamacpp":
+            from cogpo_kit.models.gguf_export import engine_model
+
+            spec = engine_model(spec)
+        return build_engine(replace(params.eval.engine, model=spec), cache_path=cache, model=spec)
+
+    return factory
+
+
+def bench_sampling(sampling, bench, stop_at_final_answer: bool):
+    """The sampling of one benchmark's requests: with ``eval.stop_at_final_answer``, a benchmark graded on its
+    boxed answer (math, choice) also stops once its final answer line is written."""
+    from cogpo_kit.engines.hf import FINAL_ANSWER_STOP
+
+    if stop_at_final_answer and bench.kind in ("math", "choice") and FINAL_ANSWER_STOP not in sampling.stop:
+        return replace(sampling, stop=(*sampling.stop, FINAL_ANSWER_STOP))
+    return sampling
+
+
+def evaluation_store(params) -> Optional[EvaluationStore]:
+    """The store of finished evaluations (``<output_dir>/cache/evaluations``), or ``None`` when answers
+    are not to be reused (``eval.reuse: false``, or the engine's response cache off or cleared)."""
+    ev = params.eval
+    if not ev.reuse or not ev.engine.cache.enabled or ev.engine.cache.clear:
+        return None
+    return EvaluationStore(Path(params.run.output_dir) / "cache" / STORE_DIR)
+
+
+def model_content(spec: str) -> Optional[str]:
+    """The content fingerprint of an evaluated model (weights, config, tokenizer, chat template), or
+    ``None`` where there is no content to hash: a spec the kit cannot read itself (a model only an engine
+    knows), or a hub id with no local snapshot (it names a moving revision). Such models are never reused."""
+    from cogpo_kit.models.adapters import model_fingerprint
+    from cogpo_kit.models.specs import ModelNotFoundError
+
+    try:
+        fp = model_fingerprint(spec)
+    except ModelNotFoundError:
+        return None
+    return None if fp == spec else fp
 
 
 def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show_progress: bool = True) -> dict:
@@ -123,6 +173,11 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
     if ignored:
         st.note(ignored)
     benches = {name: get_benchmark(name) for name in ev.benchmarks}
+    sampling = {name: bench_sampling(decoding.sampling, bench, ev.stop_at_final_answer)
+                for name, bench in benches.items()}
+    if ev.stop_at_final_answer and ev.engine.engine != "transformers":
+        st.note(f"eval.stop_at_final_answer is served by the transformers engine only; the {ev.engine.engine} "
+                "engine generates to the end of turn or max_tokens")
     problems = load_eval_problems(ev, st)
     prompts = {name: [build_messages(p, benches[name], template=ev.templates.get(name),
                                      system_prompt=ev.system_prompt) for p in problems[name]] for name in benches}
@@ -146,6 +201,7 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
     skipped: dict[str, str] = {}
     models_info: dict[str, dict] = {}
     beta_scales = {}
+    store = evaluation_store(params)
     workers = ev.grader_workers or max(1, min(4, os.cpu_count() or 1))
     grader = MathGrader(timeout_s=ev.math_timeout_s, workers=workers)
     try:
@@ -166,25 +222,51 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
             if Path(spec).exists():
                 st.add_input(spec)
             t0 = time.time()
-            engine = factory(spec)
-            try:
-                reqs, index = [], []
-                for bname, msgs_list in prompts.items():
-                    for i, msgs in enumerate(msgs_list):
-                        reqs.append(Request(messages=msgs, sampling=decoding.sampling, n=decoding.n_samples,
-                                            tag=f"eval:{bname}"))
-                        index.append((bname, i))
-                outs = engine.generate(reqs)
-                gen_s = time.time() - t0
-                stats = engine.stats_by_tag() if isinstance(engine, TagStats) else {}
-                model_id = getattr(engine, "model_id", spec)
-            finally:
-                engine.close()
-            if len(outs) != len(reqs):
-                raise RuntimeError(f"engine returned {len(outs)} results for {len(reqs)} requests (model {name})")
             by_bench: dict[str, list] = {b: [None] * len(problems[b]) for b in benches}
-            for (bname, i), comps in zip(index, outs):
-                by_bench[bname][i] = comps
+            keys: dict[str, tuple[str, dict]] = {}
+            reused: dict[str, dict] = {}
+            fingerprint = model_content(spec) if store is not None else None
+            if fingerprint is not None:
+                for bname in benches:
+                    keys[bname] = generation_key(fingerprint, bname, prompts[bname], sampling[bname],
+                                                 decoding.n_samples, ev.engine)
+                    hit = store.get(keys[bname][0], len(prompts[bname]))
+                    if hit is not None:
+                        by_bench[bname] = hit["completions"]
+                        reused[bname] = {**hit["origin"], "key": keys[bname][0]}
+            todo = [b for b in benches if b not in reused]
+            stats: dict = {}
+            model_id = None
+            if reused:
+                log.info("model %s: answers on %s reused (same model content %s and generation settings) from %s",
+                         name, ", ".join(reused), fingerprint,
+                         "; ".join(f"{b}: {o.get('results') or o.get('spec')}" for b, o in reused.items()))
+            if todo:
+                engine = factory(spec)
+                try:
+                    reqs, index = [], []
+                    for bname in todo:
+                        for i, msgs in enumerate(prompts[bname]):
+                            reqs.append(Request(messages=msgs, sampling=sampling[bname], n=decoding.n_samples,
+                                                tag=f"eval:{bname}"))
+                            index.append((bname, i))
+                    outs = engine.generate(reqs)
+                    stats = engine.stats_by_tag() if isinstance(engine, TagStats) else {}
+                    model_id = getattr(engine, "model_id", spec)
+                finally:
+                    engine.close()
+                if len(outs) != len(reqs):
+                    raise RuntimeError(f"engine returned {len(outs)} results for {len(reqs)} requests (model {name})")
+                for (bname, i), comps in zip(index, outs):
+                    by_bench[bname][i] = comps
+                if fingerprint is not None:
+                    folder_path = artifact_path(run_path, "results", model=model_dir_name(name)).parent
+                    for bname in todo:
+                        store.put(keys[bname][0], keys[bname][1], by_bench[bname],
+                                  {"model": name, "spec": spec, "model_id": model_id, "results": str(folder_path)})
+            else:
+                model_id = next(iter(reused.values())).get("model_id") or spec
+            gen_s = time.time() - t0
             t1 = time.time()
             res_model, scores[name] = {}, {}
             folder = model_dir_name(name)
@@ -203,12 +285,13 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
             grade_s = time.time() - t1
             results[name] = res_model
             info = {"status": "evaluated", "spec": spec, "source": where, "model_id": model_id,
-                    "generate_s": round(gen_s, 2), "grade_s": round(grade_s, 2)}
+                    "generate_s": round(gen_s, 2), "grade_s": round(grade_s, 2), "fingerprint": fingerprint,
+                    "generated": todo, "reused_from": reused or None}
             models_info[name] = info
             st.write("results", {"model": name, **info, "benchmarks": res_model, "protocol": protocol,
                                  "sampling": params_dict(decoding)["sampling"], "n_samples": decoding.n_samples},
                      model=folder)
-            st.agents[f"eval:{name}"] = stats
+            st.agents[f"eval:{name}"] = {**stats, **({"reused_benchmarks": sorted(reused)} if reused else {})}
     finally:
         st.counts["math_checks"] = grader.checks
         st.counts["math_timeouts"] = grader.timeouts
@@ -223,5 +306,7 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
     if noisy:
         st.note(f"{len(noisy)} of the differences to '{doc['reference']}' are within noise (95% interval contains 0)")
     st.counts["models_evaluated"] = len(results)
+    st.counts["models_generated"] = sum(1 for i in models_info.values() if i.get("generated"))
+    st.counts["models_reused"] = sum(1 for i in models_info.values() if i.get("reused_from") and not i.get("generated"))
     st.counts["models_skipped"] = len(skipped)
     return st.finish(models=models_info)

@@ -5,6 +5,10 @@ vocabulary and chat template are those of the embedded SmolLM2 tokenizer, so pro
 templates and collators behave exactly as with the real model. Load it through
 :func:`cogpo_kit.models.resolve.hf_path` (``hf_path("tiny:llama")``), which knows the cache and the
 tokenizer; this module only builds.
+
+Options go in the query: ``tiny:llama?layers=4&hidden=256`` (see ``TINY_DEFAULTS``), and ``vocab=N`` for an
+embedding and LM head of N rows instead of the tokenizer's size (N >= the tokenizer's; the extra rows are never
+produced by the tokenizer but count in every softmax, e.g. ``vocab=152064`` for Qwen2.5's width in memory benchmarks).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from urllib.parse import parse_qsl
 from cogpo_kit.io import replace_dir
 
 TINY_DEFAULTS = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 128, "seed": 0}
+# options with no default (absent: the tokenizer's size); named in the folder only when given
+TINY_OPTIONAL = ("vocab",)
 
 
 def _options(spec: str) -> dict[str, int]:
@@ -26,8 +32,9 @@ def _options(spec: str) -> dict[str, int]:
         raise ValueError(f"tiny model '{spec}': only 'tiny:llama' is available")
     opts = dict(TINY_DEFAULTS)
     for key, value in parse_qsl(query):
-        if key not in opts:
-            raise ValueError(f"tiny model '{spec}': unknown option '{key}' (known: {', '.join(opts)})")
+        if key not in opts and key not in TINY_OPTIONAL:
+            known = ", ".join([*opts, *TINY_OPTIONAL])
+            raise ValueError(f"tiny model '{spec}': unknown option '{key}' (known: {known})")
         opts[key] = int(value)
     return opts
 
@@ -52,8 +59,11 @@ def build_tiny(spec: str, root: str | os.PathLike, tokenizer: Callable[[], Any])
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = tokenizer()
+    vocab = opts.get("vocab", len(tok))
+    if vocab < len(tok):
+        raise ValueError(f"tiny model '{spec}': vocab={vocab} is below the tokenizer's {len(tok)} tokens")
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=opts["hidden"], intermediate_size=opts["intermediate"],
+        vocab_size=vocab, hidden_size=opts["hidden"], intermediate_size=opts["intermediate"],
         num_hidden_layers=opts["layers"], num_attention_heads=opts["heads"],
         num_key_value_heads=opts["kv_heads"], max_position_embeddings=2048,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,

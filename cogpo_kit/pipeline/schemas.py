@@ -188,6 +188,11 @@ METRICS = Schema("metrics", (
     req("step", INT), opt("epoch", NUM), opt("loss", NUM), opt("train_loss", NUM)),
     "the trainer's log history, one row per logging step, the last one the run's summary (train_loss, "
     "train_runtime, ...); reward margins under rewards/margins and <gap>_gap/rewards/margins")
+REF_LOGPS = Schema("ref_logps", (
+    req("id"), req("ref_chosen_logps", NUM, null=True), req("ref_rejected_logps", NUM, null=True), req("model"),
+    req("pair_hash"), req("settings", DICT)),
+    "the starting model's reference log-probs of every pair (model: its fingerprint; settings: max_length, "
+    "truncation, dtype), computed once and shared by the CogPO-family methods; null: a pair TRL drops")
 SAMPLE = Schema("samples", (
     req("id"), req("sample", INT), req("prompt"), req("output"), req("gold", null=True), req("finish_reason"),
     req("truncated", BOOL), req("completion_tokens", INT, null=True), req("meta", DICT), req("extracted", null=True),
@@ -226,7 +231,8 @@ MANIFEST = Schema("manifest", (
 SCHEMAS: dict[str, Schema] = {
     "input": INPUT, "critiques": CRITIQUES, "rejects": REJECTS, "rewrites": REWRITES, "sft": SFT,
     "sft_level": SFT_LEVEL, "incorrect": INCORRECT, "pairs": PAIRS, "sft_metrics": METRICS,
-    "preference_metrics": METRICS, "samples": SAMPLE, "results": RESULTS, "comparison": COMPARISON,
+    "preference_metrics": METRICS, "ref_logps": REF_LOGPS, "samples": SAMPLE, "results": RESULTS,
+    "comparison": COMPARISON,
 }
 """Artifact key (:mod:`cogpo_kit.pipeline.stages`) -> schema of its rows (JSONL) or document (JSON)."""
 

@@ -20,6 +20,13 @@ filtered (the reference does both on its evaluation batches; the preference stag
 ``filter_loss_average`` (below).
 
 Every variant logs rewards, margins and accuracies per gap type (see :mod:`cogpo_kit.training.metrics`).
+
+Log-probs: the policy's and the reference's per-token log-probs (and the logged entropy) go through
+:mod:`cogpo_kit.training.logprob_head`, which scores only the completion tokens in tiles of
+``logprob_token_chunk`` x ``logprob_vocab_chunk`` (:mod:`cogpo_kit.training.chunked_logprobs`), so peak memory does
+not grow with vocabulary x sequence length; ``logprob_path="trl"`` keeps TRL's own fused head. The patch is put on
+the base model (under DDP and PEFT wrappers) at the first forward, which covers the reference pass of
+``precompute_ref_log_probs`` inside TRL's constructor, and again after it.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from accelerate.utils import is_peft_model
 from transformers import ProcessorMixin
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from cogpo_kit.training.logprob_head import add_completion_logprob_head
 from cogpo_kit.training.losses import (RunningMargin, batch_beta, cogpo_loss, filter_mask, filtered_mean,
                                        instance_beta, reward_margin)
 from cogpo_kit.training.metrics import gap_ids, record_pair_metrics
@@ -75,6 +84,18 @@ class CogPOConfig(DPOConfig):
             pairs fall across processes. Both are the same on one process.
         min_beta (`float`, defaults to `1e-3`):
             Lower bound of an adjusted beta.
+        logprob_path (`str`, defaults to `"chunked"`):
+            How the policy and reference log-probs are computed. `"chunked"`: only the completion tokens, in tiles
+            of `logprob_token_chunk` x `logprob_vocab_chunk` through the LM head, recomputed in backward (no
+            tokens x vocabulary tensor). `"full"`: through the full logits and `log_softmax` (the plain computation;
+            memory grows with tokens x vocabulary). `"trl"`: TRL's fused LM head as shipped (every position scored,
+            tiles of 4096 tokens x 32768 columns without Triton). All three give the same values (within float32
+            rounding).
+        logprob_token_chunk (`int`, defaults to `1024`):
+            Tokens per tile of the chunked path. A float32 tile is `4 * token_chunk * vocab_chunk` bytes (32 MB at the
+            defaults); at most two exist at a time, plus the gradient of the LM head weight.
+        logprob_vocab_chunk (`int`, defaults to `8192`):
+            Vocabulary columns per tile of the chunked path (a value above the vocabulary size means one tile wide).
     """
 
     beta_column: Optional[str] = field(default="beta", metadata={"help": "Column with each pair's beta (None: `beta`)."})
@@ -87,6 +108,9 @@ class CogPOConfig(DPOConfig):
     filter_loss_average: str = field(default="global", metadata={
         "help": "beta-DPO filtering: mean over the kept pairs of the global batch (global) or per process."})
     min_beta: float = field(default=1e-3, metadata={"help": "Lower bound of an adjusted beta."})
+    logprob_path: str = field(default="chunked", metadata={"help": "chunked | full | trl: how log-probs are computed."})
+    logprob_token_chunk: int = field(default=1024, metadata={"help": "Tokens per tile of the chunked log-probs."})
+    logprob_vocab_chunk: int = field(default=8192, metadata={"help": "Vocabulary columns per tile of the chunked log-probs."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -100,6 +124,11 @@ class CogPOConfig(DPOConfig):
             raise ValueError(f"filter_keep must be in (0, 1], got {self.filter_keep}")
         if self.filter_keep < 1.0 and self.dynamic_beta != "batch":
             raise ValueError("filter_keep < 1 is beta-DPO's data filtering: it needs dynamic_beta='batch'")
+        if self.logprob_path not in ("chunked", "full", "trl"):
+            raise ValueError(f"logprob_path must be chunked, full or trl, got {self.logprob_path!r}")
+        if self.logprob_token_chunk < 1 or self.logprob_vocab_chunk < 1:
+            raise ValueError(f"logprob_token_chunk and logprob_vocab_chunk must be >= 1, got "
+                             f"{self.logprob_token_chunk} and {self.logprob_vocab_chunk}")
         if not 0.0 <= self.margin_momentum < 1.0:
             raise ValueError(f"margin_momentum must be in [0, 1), got {self.margin_momentum}")
         if self.beta <= 0 or self.min_beta <= 0:
@@ -157,6 +186,9 @@ class CogPOTrainer(DPOTrainer):
         super().__init__(model, ref_model=ref_model, args=args, data_collator=data_collator,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          **kwargs)
+        for m in (self.model, self.ref_model):
+            if m is not None:
+                self._use_logprob_head(m)
 
     # -- data ---------------------------------------------------------------------------------------------
     def _set_signature_columns_if_needed(self):
@@ -165,7 +197,18 @@ class CogPOTrainer(DPOTrainer):
             if col is not None and col not in self._signature_columns:
                 self._signature_columns = list(self._signature_columns) + [col]
 
+    def _use_logprob_head(self, model) -> None:
+        """Put the log-prob head of ``args.logprob_path`` on the base model under ``model``'s wrappers (once)."""
+        if self.args.logprob_path == "trl":
+            return
+        base = self.accelerator.unwrap_model(model)
+        if is_peft_model(base):
+            base = base.get_base_model()
+        add_completion_logprob_head(base, path=self.args.logprob_path, token_chunk=self.args.logprob_token_chunk,
+                                    vocab_chunk=self.args.logprob_vocab_chunk)
+
     def compute_ref_log_probs(self, model, inputs):
+        self._use_logprob_head(model)
         return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in _EXTRA_KEYS})
 
     # -- loss ---------------------------------------------------------------------------------------------
@@ -208,6 +251,7 @@ class CogPOTrainer(DPOTrainer):
         completion_mask = inputs["completion_mask"]
         shift_completion_mask = completion_mask[..., 1:]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        self._use_logprob_head(model)
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         seq_len = shift_completion_mask.size(1)
         chosen_logps, rejected_logps = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)

@@ -3,7 +3,14 @@
 Training runs in-process (CPU or one GPU) or under a launcher (``torchrun``, ``accelerate launch`` with a
 config from ``params/launch/``); every process runs the same code and only the main process writes the
 stage's files. Final models are written to a temporary folder and renamed into place, so a ``model/``
-folder that exists is complete.
+folder that exists is complete. What a ``model/`` folder holds:
+
+- LoRA: the adapter (PEFT's files, the tokenizer, the chat template) and ``base_model.json``; its base is
+  recorded as an absolute path (``base_model_name_or_path``) and relative to the folder, so loading needs
+  no merged copy (:mod:`cogpo_kit.models.adapters` merges in memory, or once into the cache where a
+  consumer needs full weights on disk); ``merge_lora: true`` saves the merged model instead;
+- full fine-tuning: the full weights in the training dtype;
+- nothing to train: a pointer folder (``model_pointer.json``) standing for the starting model.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from pathlib import Path
 from typing import Optional
 
 from cogpo_kit.io import atomic_write_jsonl, replace_dir
+from cogpo_kit.models.adapters import (adapter_chain, load_model_with_adapters, tokenizer_path, write_base_pointer,
+                                       write_model_pointer)
+from cogpo_kit.models.specs import plain_hf_path
 from cogpo_kit.training.config import LoraParams, OptimParams
 
 
@@ -130,13 +140,35 @@ def last_checkpoint(folder: str | Path, logger: Optional[logging.Logger] = None)
     return None
 
 
-def load_model(path: str, *, bf16: bool = False):
-    """A causal LM from an HF folder in float32 (or bfloat16 on a GPU when asked)."""
+def _dtype(bf16: bool):
     import torch
+
+    return torch.bfloat16 if bf16 and _has_cuda() else torch.float32
+
+
+def load_model(path: str, *, bf16: bool = False):
+    """The causal LM a training run starts from, in float32 (or bfloat16 on a GPU when asked).
+
+    ``path`` may be a full HF folder, an adapter folder (its base loaded once and each adapter of the chain
+    merged in memory) or a pointer folder (the model it stands for).
+    """
+    chain = adapter_chain(path)
+    if len(chain) > 1:
+        with _plain_loading():  # merging needs whole weights; DeepSpeed partitions them when training starts
+            return load_model_with_adapters(path, dtype=_dtype(bf16))
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if bf16 and _has_cuda() else torch.float32
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(plain_hf_path(chain[0]), dtype=_dtype(bf16))
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of the model at ``path`` (an adapter folder's own, else its base's), with a pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 @contextmanager
@@ -159,11 +191,15 @@ def _plain_loading():
         hf_ds.set_hf_deepspeed_config(active)
 
 
-def save_final_model(trainer, model_dir: str | Path, *, base_path: str, merge_lora: bool, bf16: bool = False) -> Path:
-    """Save the trained model to ``model_dir`` with its tokenizer (LoRA merged into the base when asked).
+def save_final_model(trainer, model_dir: str | Path, *, base_path: str, merge_lora: bool = False,
+                     bf16: bool = False) -> Path:
+    """Save the trained model to ``model_dir`` with its tokenizer and chat template.
 
-    Saving goes through ``trainer.save_model`` so DeepSpeed ZeRO-3 gathers its shards; merging happens
-    on the main process from the saved adapter. Every process must call this.
+    LoRA: the adapter, with ``base_path`` (the model training started from: an HF folder, an adapter or a
+    pointer folder) recorded as its base (:func:`cogpo_kit.models.adapters.write_base_pointer`); with
+    ``merge_lora`` the merged full model instead, in the base's dtype. Full fine-tuning: the weights in the
+    training dtype. Saving goes through ``trainer.save_model`` so DeepSpeed ZeRO-3 gathers its shards.
+    Every process must call this.
     """
     from peft import PeftModel
 
@@ -175,13 +211,15 @@ def save_final_model(trainer, model_dir: str | Path, *, base_path: str, merge_lo
     trainer.accelerator.wait_for_everyone()
     if not is_peft or not merge_lora:
         trainer.save_model(str(tmp))
+        if is_peft and trainer.accelerator.is_main_process:
+            write_base_pointer(tmp, base_path)
     else:
         adapter = model_dir.with_name(model_dir.name + ".adapter")
         trainer.save_model(str(adapter))
         if trainer.accelerator.is_main_process:
+            write_base_pointer(adapter, base_path)
             with _plain_loading():
-                base = load_model(base_path, bf16=bf16)
-                merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+                merged = load_model_with_adapters(adapter, dtype="auto")
             merged.save_pretrained(str(tmp), safe_serialization=True)
             shutil.rmtree(adapter)
     if trainer.accelerator.is_main_process:
@@ -191,14 +229,20 @@ def save_final_model(trainer, model_dir: str | Path, *, base_path: str, merge_lo
     return model_dir
 
 
-def copy_model(src: str | Path, model_dir: str | Path) -> Path:
-    """Copy an HF model folder (weights, config, tokenizer) to ``model_dir`` atomically (main process only)."""
+def saved_kind(lora: bool, merge_lora: bool) -> str:
+    """What :func:`save_final_model` leaves in ``model/``: ``adapter``, ``merged`` or ``full``."""
+    return ("merged" if merge_lora else "adapter") if lora else "full"
+
+
+def point_model(src: str | Path, model_dir: str | Path) -> Path:
+    """Make ``model_dir`` a pointer folder standing for ``src`` (main process only; a few hundred bytes
+    where a copy would be the whole model). Readers follow it (:mod:`cogpo_kit.models.resolve`)."""
     model_dir = Path(model_dir)
     if is_main_process():
         tmp = model_dir.with_name(model_dir.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.gguf", "checkpoint-*"))
+        write_model_pointer(tmp, src)
         replace_dir(tmp, model_dir)
     barrier()
     return model_dir

@@ -71,8 +71,10 @@ class SFTParams:
     """Optimisation (paper Table 8: batch 96, lr 1e-5, 3 epochs)."""
     lora: LoraParams = field(default_factory=LoraParams)
     """LoRA settings (``enabled: false`` for full fine-tuning as in the paper)."""
-    merge_lora: bool = True
-    """Merge adapters into the saved checkpoint so later stages load one plain model."""
+    merge_lora: bool = False
+    """With LoRA, save the merged full model in ``<variant>/model/`` instead of the adapter. ``false``: the
+    adapter (a few MB) with its base recorded; readers merge in memory, or once into the cache where a
+    consumer needs full weights on disk (:mod:`cogpo_kit.models.adapters`)."""
 
     def __post_init__(self) -> None:
         known = ("crv_sft", "sft", "sft_same_problems", "sft_easy", "sft_medium", "sft_hard")
@@ -128,7 +130,16 @@ class PreferenceParams:
     cogpo_m0: Optional[float] = None
     """CogPO + beta-DPO threshold M0; ``None``: a running mean of margins."""
     precompute_ref_log_probs: bool = False
-    """Compute reference log-probs once before training (less memory, one extra pass)."""
+    """Compute reference log-probs once before training (less memory, one extra pass); with
+    ``share_ref_log_probs`` the CogPO-family methods always use precomputed ones."""
+    share_ref_log_probs: bool = True
+    """Compute the reference log-probs of every pair once with the starting model (TRL's precompute pass,
+    in the first CogPO-family trainer), keep them in ``05_preference/ref_logps.jsonl`` and give them to CogPO,
+    DPO, beta-DPO and the ``cogpo_x<f>`` sweep (the same values each would compute). ``false``: each trainer
+    computes its own as ``precompute_ref_log_probs`` says. SimPO uses no reference."""
+    merge_lora: bool = False
+    """With LoRA, save the merged full model in ``<method>/model/`` instead of the adapter (see
+    ``sft.merge_lora``)."""
     beta_sweep: tuple[float, ...] = ()
     """Optional sweep (paper Figure 6): scale all CogPO betas by each factor and train one model per value."""
 

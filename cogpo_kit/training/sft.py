@@ -12,7 +12,8 @@ Variants (``sft.variants``), all with the same prompt and the same response shap
   Critic rated easy, medium, hard (``02_rethink/sft_<level>.jsonl``, written with ``crv.equal_level_subsets``).
 
 Rows are conversational prompt/completion pairs, so TRL computes the loss on the assistant response
-only. Checkpoints go to ``checkpoints/``; a rerun resumes from the newest one.
+only. Checkpoints go to ``checkpoints/``; a rerun resumes from the newest one. With LoRA the saved
+``model/`` is the adapter on the student model's HF folder.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Optional
 
 from cogpo_kit.answers.response import PROMPT_TEMPLATE, answer_kind, format_response, student_messages
 from cogpo_kit.pairs.inputs import CRVArtifacts
-from cogpo_kit.training.common import (is_main_process, last_checkpoint, load_model, lora_config, save_final_model,
-                                       trainer_args, write_metrics)
+from cogpo_kit.training.common import (is_main_process, last_checkpoint, load_model, load_tokenizer, lora_config,
+                                       save_final_model, saved_kind, trainer_args, write_metrics)
 from cogpo_kit.training.metrics import final_metrics
 from cogpo_kit.training.config import SFTParams
 
@@ -78,18 +79,18 @@ def sft_rows(art: CRVArtifacts, variant: str, template: str = PROMPT_TEMPLATE,
 
 def train_sft(rows: list[dict], *, base_path: str, params: SFTParams, out_dir: str | Path,
               logger: Optional[logging.Logger] = None) -> dict:
-    """Train one SFT variant on ``rows``; writes ``model/``, ``metrics.jsonl`` and ``checkpoints/`` in ``out_dir``."""
+    """Train one SFT variant on ``rows``; writes ``model/``, ``metrics.jsonl`` and ``checkpoints/`` in ``out_dir``.
+
+    ``model/`` holds the LoRA adapter with ``base_path`` as its base (the merged model with ``merge_lora``),
+    or the full weights without LoRA (:func:`cogpo_kit.training.common.save_final_model`)."""
     from datasets import Dataset
-    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     log = logger or logging.getLogger(__name__)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     optim = params.optim
-    tok = AutoTokenizer.from_pretrained(base_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = load_tokenizer(base_path)
     # The config comes first: under DeepSpeed ZeRO-3 it must exist before the weights load.
     config = SFTConfig(**trainer_args(optim, ckpt_dir), completion_only_loss=True, packing=False)
     model = load_model(base_path, bf16=optim.bf16)
@@ -106,7 +107,8 @@ def train_sft(rows: list[dict], *, base_path: str, params: SFTParams, out_dir: s
     save_final_model(trainer, out_dir / "model", base_path=base_path, merge_lora=params.merge_lora, bf16=optim.bf16)
     summary = {"examples": len(rows), "steps": trainer.state.global_step, "train_seconds": round(seconds, 2),
                "resumed_from": resume, "final": final_metrics(trainer.state.log_history),
-               "train_loss": result.training_loss, "lora": params.lora.enabled}
+               "train_loss": result.training_loss, "lora": params.lora.enabled,
+               "saved": saved_kind(params.lora.enabled, params.merge_lora), "base": str(base_path)}
     if is_main_process():
         log.info("SFT finished: %d steps in %.1f s, train loss %.4f", summary["steps"], seconds, result.training_loss)
     return summary

@@ -6,9 +6,14 @@
 
 ``run_preference(params)``: each method from the same SFT model ``04_sft/<init_from>/model`` (the student
 model, with a note, when that is missing) on the same ``03_pairs/pairs.jsonl`` ->
-``05_preference/<method>/{model/, metrics.jsonl}``. The pairs file is checked row by row before anything
-trains. With no rows or no pairs, each output model is a copy of its starting model, with a note, so
-evaluation still runs.
+``05_preference/<method>/{model/, metrics.jsonl}``, and the shared reference log-probs
+``05_preference/ref_logps.jsonl``. The pairs file is checked row by row before anything trains. With no
+rows or no pairs, each output model is a pointer folder standing for its starting model (a few hundred
+bytes, not a copy), with a note, so evaluation still runs.
+
+With LoRA, ``model/`` is an adapter folder whose base is recorded as an absolute path and relative to the
+folder (SFT adapters sit on the student model's HF folder, preference adapters on the SFT adapter folder);
+the manifests say which (``saved``, ``base``, and the starting model's fingerprint).
 
 Both run unchanged in-process, under ``torchrun`` and under ``accelerate launch``; only the main process
 writes the stage's log and manifest (the other processes open the same stage read-only).
@@ -23,7 +28,7 @@ from pathlib import Path
 from cogpo_kit.params.loader import params_dict
 from cogpo_kit.pipeline.stage import open_stage, run_dir
 from cogpo_kit.pipeline.stages import artifact_path
-from cogpo_kit.training.common import copy_model, is_main_process, write_metrics
+from cogpo_kit.training.common import is_main_process, point_model, write_metrics
 
 
 def _open(run_path: Path, name: str, params: dict, inputs):
@@ -70,30 +75,49 @@ def run_sft(params) -> dict:
         out = stage.artifact("sft_model", variant=variant).parent
         stage.counts[f"{variant}_examples"] = len(rows)
         if not rows:
-            stage.note(f"{variant}: no training rows ({VARIANTS[variant]}: none); its model is a copy of the "
-                       "student model")
-            copy_model(base, stage.artifact("sft_model", variant=variant))
+            stage.note(f"{variant}: no training rows ({VARIANTS[variant]}: none); its model is the student "
+                       "model (a pointer folder)")
+            point_model(base, stage.artifact("sft_model", variant=variant))
             write_metrics(stage.artifact("sft_metrics", variant=variant), [])
-            summaries[variant] = {"examples": 0, "steps": 0, "copied_from": base, "data": VARIANTS[variant]}
+            summaries[variant] = {"examples": 0, "steps": 0, "points_to": base, "saved": "pointer",
+                                  "data": VARIANTS[variant]}
             continue
         stage.logger.info("%s: %d rows of %s", variant, len(rows), VARIANTS[variant])
         if variant != "crv_sft":
             stage.note(f"SFT baseline '{variant}' trained on {len(rows)} rows: {VARIANTS[variant]}")
         summaries[variant] = train_sft(rows, base_path=base, params=params.sft, out_dir=out, logger=stage.logger)
         summaries[variant]["data"] = VARIANTS[variant]
-    return stage.finish(student=params.student.model, student_path=base, variants=summaries)
+    from cogpo_kit.models.adapters import model_fingerprint
+
+    return stage.finish(student=params.student.model, student_path=base, student_fingerprint=model_fingerprint(base),
+                        variants=summaries)
+
+
+def _is_model_dir(path: Path) -> bool:
+    from cogpo_kit.models.adapters import is_adapter_dir, is_pointer_dir
+
+    return (path / "config.json").exists() or is_adapter_dir(path) or is_pointer_dir(path)
 
 
 def _init_model(params, run_path: Path, stage) -> str:
     init = artifact_path(run_path, "sft_model", variant=params.preference.init_from)
-    if (init / "config.json").exists():
+    if _is_model_dir(init):
         return str(init)
     stage.note(f"SFT model {init} not found: preference training starts from the student model {params.student.model}")
     return _base_model_path(params.student.model)
 
 
+def _model_input_files(path: Path) -> list[Path]:
+    """The small files of a model folder that change when it is retrained (the stage's inputs)."""
+    from cogpo_kit.models.adapters import ADAPTER_WEIGHTS, BASE_POINTER, MODEL_POINTER
+
+    names = ("config.json", MODEL_POINTER, BASE_POINTER, *ADAPTER_WEIGHTS)
+    return [path / n for n in names if (path / n).is_file()]
+
+
 def run_preference(params) -> dict:
     """Train every preference method of a run from the same SFT model on the same pairs; returns the manifest."""
+    from cogpo_kit.models.adapters import model_fingerprint
     from cogpo_kit.pairs.schema import load_pairs
     from cogpo_kit.training.preference import method_specs, train_preference
 
@@ -104,9 +128,12 @@ def run_preference(params) -> dict:
     sections = params_dict(params)
     stage = _open(run_path, "preference", {"preference": sections["preference"]}, [pairs_path])
     init_path = _init_model(params, run_path, stage)
-    if (Path(init_path) / "config.json").exists() and is_main_process():
-        stage.add_input(Path(init_path) / "config.json")
-    stage.logger.info("%d pairs; methods %s; starting model %s", len(pairs), [s.name for s in specs], init_path)
+    if is_main_process():
+        for f in _model_input_files(Path(init_path)):
+            stage.add_input(f)
+    init_fp = model_fingerprint(init_path)
+    stage.logger.info("%d pairs; methods %s; starting model %s (fingerprint %s)", len(pairs),
+                      [s.name for s in specs], init_path, init_fp)
     max_len = params.preference.optim.max_length
     longer = sum(1 for p in pairs if max(p.get("chosen_tokens", 0), p.get("rejected_tokens", 0)) > max_len)
     if longer:
@@ -114,16 +141,25 @@ def run_preference(params) -> dict:
                    f"{max_len} tokens (pairs.max_length is {params.pairs.max_length})")
     gaps = {g: sum(1 for p in pairs if p["gap"] == g) for g in ("small", "medium", "large")}
     stage.counts.update({"pairs": len(pairs), **{f"pairs_{g}": n for g, n in gaps.items()}})
+    shared = None
+    if pairs and params.preference.share_ref_log_probs and any(s.family == "cogpo" for s in specs):
+        from cogpo_kit.training.ref_logps import SharedRefLogps
+
+        shared = SharedRefLogps(path=stage.artifact("ref_logps"), model=init_fp, pairs=pairs,
+                                save=lambda rows: stage.write("ref_logps", rows))
     summaries = {}
     for spec in specs:
         out = stage.artifact("preference_model", method=spec.name).parent
         if not pairs:
-            stage.note(f"{spec.name}: zero pairs, nothing to train; its model is a copy of {init_path}")
-            copy_model(init_path, stage.artifact("preference_model", method=spec.name))
+            stage.note(f"{spec.name}: zero pairs, nothing to train; its model is {init_path} (a pointer folder)")
+            point_model(init_path, stage.artifact("preference_model", method=spec.name))
             write_metrics(stage.artifact("preference_metrics", method=spec.name), [])
-            summaries[spec.name] = {"method": spec.name, "pairs": 0, "steps": 0, "copied_from": init_path}
+            summaries[spec.name] = {"method": spec.name, "pairs": 0, "steps": 0, "points_to": init_path,
+                                    "saved": "pointer"}
             continue
         summaries[spec.name] = train_preference(spec, pairs, init_path=init_path, pref=params.preference,
-                                                out_dir=out, logger=stage.logger)
+                                                out_dir=out, logger=stage.logger, shared=shared)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return stage.finish(init_model=init_path, processes=world, methods=summaries)
+    extra = {"reference_logps": shared.record()} if shared is not None else {}
+    return stage.finish(init_model=init_path, init_model_fingerprint=init_fp, processes=world, methods=summaries,
+                        **extra)

@@ -1,8 +1,14 @@
-"""What the notebooks show about a stage: its status, counts, agent calls and notes, in plain words.
+"""What the notebooks show about a stage: its status, counts, agent calls and notes, in plain words;
+and how their figures render (:func:`setup_notebook`).
 
-Importing this module inside a kernel makes plotly render figures as the plotly MIME type
-(JupyterLab's plotly extension draws them), so executed notebooks do not carry a copy of
-plotly.js per figure; ``PLOTLY_RENDERER`` in the environment wins over this default.
+An executed notebook is read in two places: live in JupyterLab, and later without a kernel (an HTML
+export, a code host). :func:`setup_notebook` makes each plotly figure carry both the plotly MIME type
+(JupyterLab's plotly extension draws it) and a static ``text/html`` copy that needs no network:
+plotly.js embedded once per notebook (the first figure's cell), then a ``<div>`` per figure.
+The widgets of :mod:`cogpo_kit.viz.widgets` carry their own static view.
+
+    from cogpo_kit.viz import display
+    display.setup_notebook()      # in a notebook's setup cell
 """
 
 from __future__ import annotations
@@ -16,16 +22,48 @@ from cogpo_kit.viz import tables
 from cogpo_kit.viz.artifacts import Run
 from cogpo_kit.viz.notes import all_notes
 
-if "PLOTLY_RENDERER" not in os.environ:
-    try:
-        from IPython import get_ipython
+STATIC_RENDERER = "cogpo_static_html"
+"""The name :func:`setup_notebook` registers its static-HTML plotly renderer under."""
+NOTEBOOK_RENDERERS = f"plotly_mimetype+{STATIC_RENDERER}"
+"""The plotly renderers of a notebook: the live MIME type plus the static copy."""
+FIGURE_HEIGHT = 480
+"""Height in pixels of a figure's static copy when the figure sets none."""
 
-        if get_ipython() is not None and type(get_ipython()).__name__ == "ZMQInteractiveShell":
-            import plotly.io as pio
 
-            pio.renderers.default = "plotly_mimetype"
-    except ImportError:  # pragma: no cover - IPython ships with ipykernel
-        pass
+def static_renderer():
+    """A plotly renderer whose bundle is ``text/html`` with no network access: on activation (the first
+    figure shown) it displays plotly.js once; each figure is then a ``<div>`` and a script that draws
+    into it with that copy (no MathJax, no CDN)."""
+    from plotly.io import to_html
+    from plotly.io._base_renderers import MimetypeRenderer
+    from plotly.offline import get_plotlyjs
+
+    class StaticHtmlRenderer(MimetypeRenderer):
+        def activate(self) -> None:
+            from IPython.display import display_html
+
+            display_html("<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
+                         f"<script type=\"text/javascript\">{get_plotlyjs()}</script>", raw=True)
+
+        def to_mimebundle(self, fig_dict):
+            return {"text/html": to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+                                         default_width="100%", default_height=FIGURE_HEIGHT, validate=False)}
+
+    return StaticHtmlRenderer()
+
+
+def setup_notebook() -> str:
+    """Make plotly figures in this kernel render as :data:`NOTEBOOK_RENDERERS` and return the renderer
+    string in use. ``PLOTLY_RENDERER`` in the environment wins; calling it again changes nothing (plotly.js
+    is embedded once)."""
+    import plotly.io as pio
+
+    if STATIC_RENDERER not in pio.renderers:
+        pio.renderers[STATIC_RENDERER] = static_renderer()
+    wanted = os.environ.get("PLOTLY_RENDERER") or NOTEBOOK_RENDERERS
+    if pio.renderers.default != wanted:
+        pio.renderers.default = wanted
+    return wanted
 
 
 def notes_markdown(run: Run, stage: str) -> str:

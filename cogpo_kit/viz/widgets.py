@@ -139,7 +139,7 @@ class _Browser(W.VBox):
 
     def _repr_mimebundle_(self, **kwargs):
         """The live widget, plus the current item as HTML for viewers without a widget manager
-        (an executed notebook opened later, nbviewer)."""
+        (an executed notebook exported to HTML, a code host, nbviewer)."""
         bundle = super()._repr_mimebundle_(**kwargs) or {}
         bundle["text/html"] = self.html.value
         return bundle
