@@ -21,7 +21,7 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_TEST
   -DCMAKE_PROJECT_INCLUDE='$(CURDIR)/cmake/llama_cpp_minimal.cmake'
 export CMAKE_ARGS := $(strip $(LLAMA_CMAKE_ARGS) $(CMAKE_ARGS))
 
-.PHONY: install demo test test-fast benchmarks system-deps lab clean-venv notebooks llama-cmake-args
+.PHONY: install demo test test-fast benchmarks system-deps lab clean-venv llama-cmake-args
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)

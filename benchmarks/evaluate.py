@@ -49,6 +49,10 @@ BEFORE = ["eval.engine.engine=transformers", "eval.engine.dtype=bfloat16", "eval
 SWEEP = {
     "transformers bfloat16, batch 24": ["eval.engine.engine=transformers", "eval.engine.dtype=bfloat16",
                                         "eval.engine.batch_size=24"],
+    "transformers bfloat16, batch 24, stop at final answer": ["eval.engine.engine=transformers",
+                                                              "eval.engine.dtype=bfloat16",
+                                                              "eval.engine.batch_size=24",
+                                                              "eval.stop_at_final_answer=true"],
     "transformers float32, batch 24": ["eval.engine.engine=transformers", "eval.engine.dtype=float32",
                                        "eval.engine.batch_size=24"],
     "llama.cpp f32, batch 24": ["eval.engine.engine=llamacpp", "eval.engine.gguf_weights=f32",

@@ -78,3 +78,27 @@ def test_last_checkpoint_skips_and_removes_partial_checkpoints(tmp_path):
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert not (tmp_path / "checkpoint-4").exists() and not (tmp_path / "checkpoint-3").exists()
     assert (tmp_path / "checkpoint-1").exists()  # older complete checkpoints are kept
+
+
+@pytest.mark.builds_model
+def test_training_steps_show_as_the_kits_progress_bar(tmp_path, monkeypatch, capsys):
+    """Training draws the kit's own bar (steps done of max_steps, with the loss), which the runner forwards to
+    the terminal, instead of transformers' notebook table or printed log dicts."""
+    from cogpo_kit.models.resolve import hf_path
+    from cogpo_kit.progress import MODE_ENV
+    from cogpo_kit.training.config import LoraParams, OptimParams, SFTParams
+    from cogpo_kit.training.sft import train_sft
+
+    monkeypatch.delenv("COGPO_NO_PROGRESS", raising=False)
+    monkeypatch.setenv(MODE_ENV, "text")
+    art = read_crv(write_crv_fixture(tmp_path / "run"), which=("input", "sft"))
+    params = SFTParams(optim=OptimParams(max_steps=2, per_device_batch_size=2, max_length=128, save_steps=2,
+                                         logging_steps=1, bf16=False, gradient_checkpointing=False),
+                       lora=LoraParams(enabled=True, r=4, alpha=8))
+    out = tmp_path / "crv_sft"
+    summary = train_sft(sft_rows(art, "crv_sft")[:4], base_path=hf_path("tiny:llama"), params=params, out_dir=out)
+    captured = capsys.readouterr()
+    err, printed = captured.err, captured.out
+    assert summary["steps"] == 2
+    assert "SFT crv_sft" in err and "2/2" in err and "loss=" in err
+    assert "{'loss'" not in printed  # transformers' PrinterCallback is gone

@@ -147,6 +147,9 @@ def train_preference(spec: MethodSpec, pairs: list[dict], *, init_path: str, pre
     use_shared = shared if spec.family == "cogpo" else None
     ref_before = use_shared.source if use_shared is not None else None
     trainer = build_trainer(spec, pairs, init_path=init_path, pref=pref, out_dir=out_dir, shared=use_shared)
+    from cogpo_kit.training.step_bar import use_step_bar
+
+    use_step_bar(trainer, spec.name)
     setup = time.time() - t0
     resume = last_checkpoint(out_dir / "checkpoints", log)
     if resume:

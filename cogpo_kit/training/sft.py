@@ -97,6 +97,9 @@ def train_sft(rows: list[dict], *, base_path: str, params: SFTParams, out_dir: s
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok,
                          peft_config=lora_config(params.lora))
+    from cogpo_kit.training.step_bar import use_step_bar
+
+    use_step_bar(trainer, f"SFT {out_dir.name}")
     resume = last_checkpoint(ckpt_dir, log)
     if resume:
         log.info("resuming from %s", resume)
