@@ -102,3 +102,32 @@ def test_training_steps_show_as_the_kits_progress_bar(tmp_path, monkeypatch, cap
     assert summary["steps"] == 2
     assert "SFT crv_sft" in err and "2/2" in err and "loss=" in err
     assert "{'loss'" not in printed  # transformers' PrinterCallback is gone
+
+
+@pytest.mark.builds_model
+def test_checkpoints_of_other_data_are_not_resumed(tmp_path, caplog):
+    """A stage that runs again because its data changed starts over; one stopped half-way on the same data
+    resumes from its checkpoint."""
+    import shutil
+
+    from cogpo_kit.models.resolve import hf_path
+    from cogpo_kit.training.common import RUN_KEY_FILE
+    from cogpo_kit.training.config import LoraParams, OptimParams, SFTParams
+    from cogpo_kit.training.sft import train_sft
+
+    art = read_crv(write_crv_fixture(tmp_path / "run"), which=("input", "sft"))
+    rows = sft_rows(art, "crv_sft")
+    params = SFTParams(optim=OptimParams(max_steps=2, per_device_batch_size=2, max_length=128, save_steps=1,
+                                         save_total_limit=2, bf16=False, gradient_checkpointing=False),
+                       lora=LoraParams(enabled=True, r=4, alpha=8))
+    base, out = hf_path("tiny:llama"), tmp_path / "crv_sft"
+    first = train_sft(rows[:4], base_path=base, params=params, out_dir=out)
+    assert first["resumed_from"] is None and (out / "checkpoints" / RUN_KEY_FILE).exists()
+    # other rows: the old checkpoints are removed, not continued
+    second = train_sft(rows[1:5], base_path=base, params=params, out_dir=out)
+    assert second["resumed_from"] is None and second["steps"] == 2
+    assert "trained on other data or settings" in caplog.text
+    # the same rows after a stop at step 1: resumed
+    shutil.rmtree(out / "checkpoints" / "checkpoint-2")
+    third = train_sft(rows[1:5], base_path=base, params=params, out_dir=out)
+    assert third["resumed_from"] and third["resumed_from"].endswith("checkpoint-1")

@@ -146,6 +146,39 @@ def _dtype(bf16: bool):
     return torch.bfloat16 if bf16 and _has_cuda() else torch.float32
 
 
+RUN_KEY_FILE = "run_key.json"
+"""In a ``checkpoints/`` folder: the hash of what its checkpoints were trained on (data, settings, starting model)."""
+
+
+def resumable_checkpoint(folder: str | Path, key: dict, logger: Optional[logging.Logger] = None) -> Optional[str]:
+    """The checkpoint to resume from in ``folder``, only if it was trained on what ``key`` describes.
+
+    ``key`` names everything a checkpoint depends on (the training rows or pairs, the stage's settings, the
+    starting model's fingerprint). Checkpoints written under another key (the stage is running again because
+    its data or settings changed) or under no key are removed, with a warning, so a rerun never continues a
+    run on other data; then the key is recorded and :func:`last_checkpoint` picks the newest complete one.
+    Every process must call this.
+    """
+    from cogpo_kit.io import atomic_write_json, stable_hash
+
+    folder = Path(folder)
+    digest = stable_hash(key)
+    if is_main_process():
+        try:
+            recorded = json.loads((folder / RUN_KEY_FILE).read_text(encoding="utf-8")).get("key")
+        except (OSError, ValueError):
+            recorded = None
+        if folder.is_dir() and recorded != digest and any(folder.glob("checkpoint-*")):
+            (logger or logging.getLogger(__name__)).warning(
+                "removing the checkpoints in %s: they were trained on other data or settings (%s), not this run's",
+                folder, "no run key recorded" if recorded is None else f"run key {recorded[:12]}")
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / RUN_KEY_FILE, {"key": digest})
+    barrier()
+    return last_checkpoint(folder, logger)
+
+
 def load_model(path: str, *, bf16: bool = False):
     """The causal LM a training run starts from, in float32 (or bfloat16 on a GPU when asked).
 

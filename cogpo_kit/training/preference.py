@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from cogpo_kit.training.common import (is_main_process, last_checkpoint, load_model, load_tokenizer, lora_config,
-                                       save_final_model, saved_kind, trainer_args, write_metrics)
+from cogpo_kit.training.common import (is_main_process, load_model, load_tokenizer, lora_config,
+                                       resumable_checkpoint, save_final_model, saved_kind, trainer_args, write_metrics)
 from cogpo_kit.training.metrics import final_metrics
 from cogpo_kit.training.config import PreferenceParams
 
@@ -151,7 +151,13 @@ def train_preference(spec: MethodSpec, pairs: list[dict], *, init_path: str, pre
 
     use_step_bar(trainer, spec.name)
     setup = time.time() - t0
-    resume = last_checkpoint(out_dir / "checkpoints", log)
+    from cogpo_kit.io import stable_hash
+    from cogpo_kit.models.adapters import model_fingerprint
+    from cogpo_kit.params.loader import params_dict
+
+    key = {"pairs": stable_hash(pairs), "method": spec.name, "options": spec.options, "beta_scale": spec.beta_scale,
+           "preference": params_dict(pref), "init": model_fingerprint(init_path)}
+    resume = resumable_checkpoint(out_dir / "checkpoints", key, log)
     if resume:
         log.info("%s: resuming from %s", spec.name, resume)
     t1 = time.time()

@@ -25,8 +25,8 @@ from typing import Optional
 
 from cogpo_kit.answers.response import PROMPT_TEMPLATE, answer_kind, format_response, student_messages
 from cogpo_kit.pairs.inputs import CRVArtifacts
-from cogpo_kit.training.common import (is_main_process, last_checkpoint, load_model, load_tokenizer, lora_config,
-                                       save_final_model, saved_kind, trainer_args, write_metrics)
+from cogpo_kit.training.common import (is_main_process, load_model, load_tokenizer, lora_config,
+                                       resumable_checkpoint, save_final_model, saved_kind, trainer_args, write_metrics)
 from cogpo_kit.training.metrics import final_metrics
 from cogpo_kit.training.config import SFTParams
 
@@ -100,7 +100,12 @@ def train_sft(rows: list[dict], *, base_path: str, params: SFTParams, out_dir: s
     from cogpo_kit.training.step_bar import use_step_bar
 
     use_step_bar(trainer, f"SFT {out_dir.name}")
-    resume = last_checkpoint(ckpt_dir, log)
+    from cogpo_kit.io import stable_hash
+    from cogpo_kit.models.adapters import model_fingerprint
+    from cogpo_kit.params.loader import params_dict
+
+    key = {"rows": stable_hash(rows), "sft": params_dict(params), "base": model_fingerprint(base_path)}
+    resume = resumable_checkpoint(ckpt_dir, key, log)
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.time()
