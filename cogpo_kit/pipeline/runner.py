@@ -1,6 +1,7 @@
 """``cogpo-kit run``: the stage notebooks executed in order by papermill, one run folder.
 
-For each selected stage, ``notebooks/NN_stage.ipynb`` is executed with its parameters taken from
+For each selected stage, the notebook of ``notebooks/NN_stage.py`` (its jupytext source, converted by
+:func:`cogpo_kit.pipeline.notebook.notebook_path`) is executed with its parameters taken from
 the YAML files (and overrides) into ``<output_dir>/<run_id>/notebooks/NN_stage.ipynb``. Before
 anything runs, every notebook's ``parameters`` cell is read: a parameter it does not declare is an
 error (papermill itself would only warn). A stage whose manifest matches the current parameters
