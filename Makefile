@@ -68,6 +68,9 @@ benchmarks: install
 	$(BIN)/python benchmarks/crv.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/grading.py
+	$(BIN)/python benchmarks/fleet.py
+	$(BIN)/python benchmarks/plan.py
+	$(BIN)/python benchmarks/sweep.py
 
 lab: install
 	$(BIN)/pip install --quiet -e ".[lab]"

@@ -3,21 +3,28 @@
 One run measures, on the same models and problems (``params/demo.yaml``'s evaluation: GSM8K and
 MATH-500, 12 problems each, greedy, 192 new tokens):
 
-- **before**: the stage as it ran before (the transformers engine in bfloat16 at batch 24, no reuse of
+- **before**: the stage as it ran before (the transformers engine in bfloat16 at batch 24, one engine per
+  model with its adapters merged, ``model.generate`` carrying every row to the end of its batch, no reuse of
   finished evaluations, an empty response cache);
-- **after**: the stage with ``params/demo.yaml``'s evaluation settings as they are now, an empty store;
+- **after**: the stage with ``params/demo.yaml``'s evaluation settings as they are now (``--after`` overrides
+  added), an empty store: the models of one base generate together in shared batches
+  (``eval.batch_models``), finished rows leave the batch (``eval.engine.retire_rows``);
 - the **agreement** of the two: the share of (model, problem) pairs whose extracted answers are equal,
   and of those whose verdicts are equal;
 - the **rerun** of item 6 of issue #17: the after-setting evaluated again in the same output folder with
   one model changed (a copy of ``crv_sft`` with one byte of its weights flipped); which models were
   generated and which were reused, and the wall time.
+
+Each path's wall seconds and the CPU seconds of this process (generation runs here; the math grader's worker
+processes are not counted) are reported, the CPU seconds being the steadier figure on a shared machine.
 - with ``--sweep``: the zero-shot model's generation time alone under each engine setting (the
   transformers engine in bfloat16 / float32, llama.cpp with f32 / f16 / q8_0 weights and batch widths).
 
 The models come from a finished run (``--run``, default ``outputs/demo``: its ``04_sft`` folder is
 linked, never written). Everything is written under ``--work`` (a temporary folder by default).
 
-    nice -n 5 .venv/bin/python benchmarks/evaluate.py [--run outputs/demo] [--models zero_shot,sft,crv_sft] [-o KEY=VALUE]
+    nice -n 5 .venv/bin/python benchmarks/evaluate.py [--run outputs/demo] [--models zero_shot,sft,crv_sft] \
+        [-o KEY=VALUE] [--after KEY=VALUE]
     nice -n 5 .venv/bin/python benchmarks/evaluate.py --sweep [-o KEY=VALUE]
 
 Results go to ``benchmarks/results/evaluate.md`` (``--sweep``: ``evaluate_engines.md``), with the command,
@@ -43,8 +50,10 @@ from cogpo_kit.io import read_json, read_jsonl  # noqa: E402
 from cogpo_kit.params import load_params  # noqa: E402
 
 BEFORE = ["eval.engine.engine=transformers", "eval.engine.dtype=bfloat16", "eval.engine.batch_size=24",
-          "eval.reuse=false", "eval.engine.cache.enabled=false"]
-"""The stage as it ran before: transformers bfloat16 at batch 24, nothing reused, no response cache."""
+          "eval.reuse=false", "eval.engine.cache.enabled=false", "eval.batch_models=false",
+          "eval.engine.retire_rows=false"]
+"""The stage as it ran before: transformers bfloat16 at batch 24, one engine per model, ``model.generate``,
+nothing reused, no response cache."""
 
 SWEEP = {
     "transformers bfloat16, batch 24": ["eval.engine.engine=transformers", "eval.engine.dtype=bfloat16",
@@ -92,13 +101,19 @@ EXTRA: list[str] = []
 
 
 def evaluate(work: Path, name: str, models: list[str], overrides: list[str]) -> tuple[float, dict]:
-    """Run the evaluate stage in ``work/name``; returns (wall seconds, manifest)."""
+    """Run the evaluate stage in ``work/name``; returns (wall seconds, manifest); the CPU seconds of this process
+    go to ``CPU[name]``."""
     params = load_params([ROOT / "params" / "demo.yaml"], [
         f"run.output_dir={work / name}", "run.run_id=demo", f"eval.models=[{', '.join(models)}]", *EXTRA,
         *overrides])
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     manifest = run_evaluate(params, show_progress=False)
+    CPU[name] = time.process_time() - c0
     return time.time() - t0, manifest
+
+
+CPU: dict[str, float] = {}
+"""CPU seconds of this process per run folder name."""
 
 
 def answers(run: Path, models: list[str]) -> dict:
@@ -136,6 +151,8 @@ def main() -> int:
                     "(written to --out, default benchmarks/results/evaluate_engines.md)")
     ap.add_argument("-o", "--override", action="append", default=[],
                     help="params override applied to every path alike (e.g. eval.limit=2 on a loaded machine)")
+    ap.add_argument("--after", action="append", default=[],
+                    help="params override of the after path only (e.g. eval.stop_at_final_answer=true)")
     ap.add_argument("--repeat", type=int, default=1, help="before/after pairs, alternated (totals reported)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -166,11 +183,12 @@ def main() -> int:
         suffix = "" if k == 0 else str(k)
         before_run = prepare_run(work, "before" + suffix, source, models)
         before_s, _ = evaluate(work, "before" + suffix, models, BEFORE)
-        print(f"before: {before_s:.1f} s, load {load()}", flush=True)
+        print(f"before: {before_s:.1f} s, {CPU['before' + suffix]:.1f} CPU s, load {load()}", flush=True)
         after_run = prepare_run(work, "after" + suffix, source, models)
-        after_s, after_manifest = evaluate(work, "after" + suffix, models, [])
-        print(f"after: {after_s:.1f} s, load {load()}", flush=True)
+        after_s, after_manifest = evaluate(work, "after" + suffix, models, a.after)
+        print(f"after: {after_s:.1f} s, {CPU['after' + suffix]:.1f} CPU s, load {load()}", flush=True)
         pairs.append((before_s, after_s))
+    cpu = {p: sum(v for k, v in CPU.items() if k.rstrip("0123456789") == p) for p in ("before", "after")}
     before_run, after_run = work / "before" / "demo", work / "after" / "demo"
     before_s, after_s = sum(b for b, _ in pairs), sum(x for _, x in pairs)
     n_problems = sum(v for k, v in after_manifest["counts"].items() if k.startswith("problems_"))
@@ -197,36 +215,40 @@ def main() -> int:
             last = fh.read(1)
             fh.seek(-1, os.SEEK_END)
             fh.write(bytes([last[0] ^ 1]))
-    rerun_s, rerun_manifest = evaluate(work, "after", rerun_models, [])  # the first pair's folder
+    rerun_s, rerun_manifest = evaluate(work, "after", rerun_models, a.after)  # the first pair's folder
     generated = [m for m, i in rerun_manifest["models"].items() if i.get("generated")]
     reused = [m for m, i in rerun_manifest["models"].items() if i.get("reused_from") and not i.get("generated")]
     print(f"rerun: {rerun_s:.1f} s, generated {generated}, reused {reused}", flush=True)
 
     per_min = {"before": len(pairs) * len(models) * n_problems / (before_s / 60),
                "after": len(pairs) * len(models) * n_problems / (after_s / 60)}
-    after_params = load_params([ROOT / "params" / "demo.yaml"], [])
+    after_params = load_params([ROOT / "params" / "demo.yaml"], [*EXTRA, *a.after])
     eng = after_params.eval.engine
-    cpu = platform.processor() or "cpu"
+    cpu_name = platform.processor() or "cpu"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                        if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     lines = [
         "# Evaluate stage: before and after",
         "",
         f"Command: `nice -n 5 .venv/bin/python benchmarks/evaluate.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
-        f"Machine: {os.cpu_count()} CPUs ({cpu}); date {started}; load average at start {load_start}, at end {load()} "
-        "(a shared machine: wall times move with the load, so both paths ran back to back in one run)  ",
+        f"Machine: {os.cpu_count()} CPUs ({cpu_name}); date {started}; load average at start {load_start}, at end "
+        f"{load()} (a shared machine: wall times move with the load, so both paths ran back to back in one run)  ",
         f"Models: {', '.join(models)} from `{source}`; problems: {n_problems} per model "
-        f"(params/demo.yaml's evaluation: GSM8K + MATH-500, greedy{'; with ' + ', '.join(EXTRA) if EXTRA else ''})",
+        f"(params/demo.yaml's evaluation: GSM8K + MATH-500, greedy{'; with ' + ', '.join(EXTRA) if EXTRA else ''})"
+        + (f"; after path also with {', '.join(a.after)}" if a.after else ""),
         "",
-        "| path | settings | wall s | problems per minute | speed-up |",
-        "|---|---|---|---|---|",
-        f"| before | transformers bfloat16, batch 24, no reuse, empty response cache | {before_s:.1f} | "
-        f"{per_min['before']:.1f} | 1.00x |",
+        "| path | settings | wall s | CPU s | problems per minute | speed-up (wall) | speed-up (CPU) |",
+        "|---|---|---|---|---|---|---|",
+        f"| before | transformers bfloat16, batch 24, one engine per model, generate, no reuse, empty response cache | "
+        f"{before_s:.1f} | {cpu['before']:.1f} | {per_min['before']:.1f} | 1.00x | 1.00x |",
         f"| after | {eng.engine} ({'gguf_weights ' + eng.gguf_weights if eng.engine == 'llamacpp' else eng.dtype}), "
-        f"batch {eng.batch_size}, stop at final answer: {after_params.eval.stop_at_final_answer}, empty store | "
-        f"{after_s:.1f} | {per_min['after']:.1f} | {per_min['after'] / per_min['before']:.2f}x |",
+        f"batch {eng.batch_size} per model, models of one base together: {after_params.eval.batch_models}, rows "
+        f"retire: {eng.retire_rows}, stop at final answer: {after_params.eval.stop_at_final_answer}, empty store | "
+        f"{after_s:.1f} | {cpu['after']:.1f} | {per_min['after']:.1f} | {per_min['after'] / per_min['before']:.2f}x | "
+        f"{cpu['before'] / max(cpu['after'], 1e-9):.2f}x |",
         "",
         f"{len(pairs)} before/after pair(s), alternated; wall seconds per pair: "
         + ", ".join(f"{b:.1f} / {x:.1f} ({b / x:.2f}x)" for b, x in pairs) + ".",

@@ -9,6 +9,7 @@
     cogpo-kit train sft params/demo.yaml
     cogpo-kit train preference params/demo.yaml
     cogpo-kit eval params/demo.yaml
+    cogpo-kit plan params/paper-qwen2.5-7b.yaml --gpu a800-80gb   # memory per GPU, time, agent calls, before a run
 
 Every command takes ``--help``. Sub-commands import their modules lazily so ``--help`` is fast.
 """
@@ -87,6 +88,12 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from cogpo_kit.planning.report import main as plan_main
+
+    return plan_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cogpo-kit", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--list", action="store_true", help="list the registered benchmarks")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("plan", help="before a run: memory per GPU and time of each training stage, agent calls, "
+                                    "generated tokens; warns when a stage will not fit")
+    _add_params_args(p)
+    from cogpo_kit.planning.config import add_arguments as plan_arguments
+
+    plan_arguments(p)
+    p.set_defaults(func=_cmd_plan)
     return parser
 
 
@@ -163,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors += (PipelineError,)
     if args.command == "compare":
         errors += (FileNotFoundError, ValueError)
+    if args.command == "plan":
+        from cogpo_kit.planning.config import PlanError
+
+        errors += (PlanError, FileNotFoundError)
     try:
         return int(args.func(args) or 0)
     except errors as exc:

@@ -19,7 +19,7 @@ skip_compute = False
 
 # %%
 import cogpo_kit.pipeline.notebook as nb
-from cogpo_kit.viz import display, figures, tables, widgets
+from cogpo_kit.viz import display, figures, plan_view, tables, widgets
 from cogpo_kit.viz.artifacts import Run
 
 display.setup_notebook()
@@ -35,10 +35,22 @@ params.run
 nb.preview(params, "preference", n=3)
 
 # %% [markdown]
+# ## Will it fit?
+# How to read this: one row per training run of this stage: the memory each GPU (or the CPU process) needs,
+# term by term, against what it has (`fits`), and the expected time at an assumed utilisation. A warning
+# above the table names the largest term and what lowers it. The whole plan, with the CRV agents' calls and
+# the evaluation, is written to `plan.md` in the run folder (`cogpo-kit plan PARAMS` prints the same).
+
+# %%
+plan_view.plan(params, "preference")
+
+# %% [markdown]
 # ## Run the stage
 # Skipped when `skip_compute` is true: the manifest already written is read. Below it: the stage's
 # status, notes, counts and agent calls (how to read them: a note flags anything unusual, such as
 # skewed levels or an empty artifact; the agent table counts LLM calls, cache hits and tokens).
+# With `preference.launch` set in the params, the stage starts the training processes itself (torchrun or
+# accelerate launch); their output and log lines appear below as they come.
 
 # %%
 manifest = nb.run_stage(params, "preference", skip_compute)

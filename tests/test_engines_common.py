@@ -169,7 +169,8 @@ def test_engines_declare_capabilities_and_the_cache_passes_them_on():
     from cogpo_kit.engines.vllm_engine import VLLMEngine
 
     assert LlamaCppEngine.capabilities == EngineCapabilities(streams_results=True, accepts_more=True)
-    assert TransformersEngine.capabilities == OpenAIEngine.capabilities == EngineCapabilities(streams_results=True)
+    assert TransformersEngine.capabilities == EngineCapabilities(streams_results=True)
+    assert OpenAIEngine.capabilities == EngineCapabilities(streams_results=True, accepts_more=True)
     assert VLLMEngine.capabilities == BATCH_ONLY
     assert capabilities_of(object()) == BATCH_ONLY  # an engine that declares nothing serves whole batches
     open_batch = ScriptedEngine(lambda r, i: "x", accepts_more=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -92,30 +91,10 @@ def requests(k: int) -> list[Request]:
             for i in range(k)]
 
 
-def track_inflight(engine):
-    """Record the most requests the client had in flight at once."""
-    backend, lock, state = engine.backend, threading.Lock(), {"now": 0, "max": 0}
-    post = backend._post
-
-    def counting(*args, **kwargs):
-        with lock:
-            state["now"] += 1
-            state["max"] = max(state["max"], state["now"])
-        try:
-            return post(*args, **kwargs)
-        finally:
-            with lock:
-                state["now"] -= 1
-
-    backend._post = counting
-    return state
-
-
 @pytest.mark.builds_model
 def test_labels_and_concurrency_against_llama_cpp_server(start_server, tmp_path):
     server = start_server()
     eng = build_engine(cfg(server.url), cache_path=str(tmp_path / "c.sqlite"))
-    inflight = track_inflight(eng)
     labels = Request(messages=({"role": "system", "content": "Rate the difficulty: easy, medium or hard."},
                                {"role": "user", "content": "Natalia sold 48/2 = 24 clips in May. 48+24 = 72."}),
                      sampling=SamplingParams(temperature=0.7, top_p=0.9, top_k=50, max_tokens=4), n=6,
@@ -123,7 +102,7 @@ def test_labels_and_concurrency_against_llama_cpp_server(start_server, tmp_path)
     out = eng.generate([labels] + requests(3))
     assert all(c.choice in LEVELS and c.text == c.choice for c in out[0])  # the server's grammar held
     assert all(row[0].ok and row[0].completion_tokens > 0 for row in out[1:]), [row[0] for row in out[1:]]
-    assert inflight["max"] >= 2
+    assert eng.backend.fleet_stats()["servers"][server.url]["max_in_flight"] >= 2
     assert eng.backend.flavor(server.url) == "grammar"
     eng.close()
 

@@ -128,27 +128,17 @@ def test_lcb_semantics_prelude_tuples_module_functions_and_wrapping():
     assert run_tests(main_guard, stdin, limits=FAST)[0].verdict == "pass"
 
 
-def test_stage_rows_keep_the_two_benchmarks_apart(tmp_path):
-    """Stage 06 on the release fixture and on the statements-only proxy: two rows, two names; the
-    proxy's row can never read as the paper's LiveCodeBench."""
+def _table_engine(names, limit: int = 2):
+    """An engine answering every prompt of ``names`` (first ``limit`` problems) with a program that
+    looks its test inputs up in a table, and the specs it was built for."""
     import json
 
     from cogpo_kit.evaluation.benchmarks import build_messages
-    from cogpo_kit.evaluation.stage import run_evaluate
-    from cogpo_kit.io import read_json
-    from cogpo_kit.params import load_params
-    from cogpo_kit.viz import tables
-    from cogpo_kit.viz.artifacts import Run
 
-    root = Path(__file__).resolve().parents[1]
-    params = load_params([root / "params" / "smoke.yaml"], [
-        f"run.output_dir={tmp_path}", "run.run_id=lcb", "eval.benchmarks=[livecodebench, livecodebench_public]",
-        "eval.limit=2", "eval.models=[zero_shot]", f"eval.livecodebench_path={FIXTURE}",
-        "eval.livecodebench_release=null", "eval.code_timeout_s=3", "eval.grader_workers=1"])
     programs = {}
-    for name in ("livecodebench", "livecodebench_public"):
+    for name in names:
         opts = LoadOptions(livecodebench_path=str(FIXTURE), livecodebench_release=None)
-        for p in load_problems(name, opts, 2):
+        for p in load_problems(name, opts, limit):
             table = {t.input.strip(): t.output for t in p.tests}
             if p.func_name:
                 body = (f"class Solution:\n    def {p.func_name}(self, *args):\n"
@@ -167,7 +157,36 @@ def test_stage_rows_keep_the_two_benchmarks_apart(tmp_path):
         def close(self):
             pass
 
-    run_evaluate(params, engine_factory=lambda spec: Engine(), show_progress=False)
+    built = []
+
+    def factory(spec):
+        built.append(spec)
+        return Engine()
+
+    return factory, built
+
+
+def _stage_params(tmp_path, benchmarks, *extra):
+    from cogpo_kit.params import load_params
+
+    root = Path(__file__).resolve().parents[1]
+    return load_params([root / "params" / "smoke.yaml"], [
+        f"run.output_dir={tmp_path}", "run.run_id=lcb", f"eval.benchmarks=[{', '.join(benchmarks)}]",
+        "eval.limit=2", "eval.models=[zero_shot]", f"eval.livecodebench_path={FIXTURE}",
+        "eval.livecodebench_release=null", "eval.code_timeout_s=3", "eval.grader_workers=1", *extra])
+
+
+def test_stage_rows_keep_the_two_benchmarks_apart(tmp_path):
+    """Stage 06 on the release fixture and on the statements-only proxy: two rows, two names; the
+    proxy's row can never read as the paper's LiveCodeBench."""
+    from cogpo_kit.evaluation.stage import run_evaluate
+    from cogpo_kit.io import read_json
+    from cogpo_kit.viz import tables
+    from cogpo_kit.viz.artifacts import Run
+
+    names = ["livecodebench", "livecodebench_public"]
+    factory, _ = _table_engine(names)
+    run_evaluate(_stage_params(tmp_path, names), engine_factory=factory, show_progress=False)
     comp = read_json(tmp_path / "lcb" / "06_evaluate" / "comparison.json")
     assert [r["benchmark"] for r in comp["rows"]] == ["livecodebench", "livecodebench_public"]
     res = read_json(tmp_path / "lcb" / "06_evaluate" / "zero_shot" / "results.json")["benchmarks"]
@@ -175,3 +194,37 @@ def test_stage_rows_keep_the_two_benchmarks_apart(tmp_path):
     assert res["livecodebench_public"]["tests_source"] == ["parsed_from_statement"]
     table = tables.results(Run(tmp_path / "lcb"), with_ci=True)
     assert list(table.index) == ["LiveCodeBench", "LiveCodeBench (public tests only)"]
+
+
+def test_unisolated_sandbox_is_refused_before_generating_unless_opted_in(tmp_path, monkeypatch):
+    """Where the sandbox has no namespaces (forced here: ``COGPO_SANDBOX_MODE=rlimits``) the stage stops
+    before any engine is built, saying what is missing and what to set; grading refuses too; with
+    ``eval.code_allow_unisolated`` it runs, and the manifest records the mode and why."""
+    from cogpo_kit.evaluation.sandbox import IsolationError
+    from cogpo_kit.evaluation.stage import run_evaluate
+
+    monkeypatch.setenv("COGPO_SANDBOX_MODE", "rlimits")
+    factory, built = _table_engine(["livecodebench"], limit=1)
+    with pytest.raises(IsolationError, match=r"COGPO_SANDBOX_MODE=rlimits.*eval\.code_allow_unisolated=true"):
+        run_evaluate(_stage_params(tmp_path, ["livecodebench"], "eval.limit=1"), engine_factory=factory,
+                     show_progress=False)
+    assert built == []  # no model loaded, nothing generated
+    probs = _fixture()[:1]
+    refused = EvalParams(benchmarks=("livecodebench",), bootstrap=0, livecodebench_release=None)
+    with pytest.raises(IsolationError):
+        grade_benchmark(get_benchmark("livecodebench"), probs, [probs[0].prompt],
+                        [[Completion(text=_fence(ADD))]], refused, show_progress=False)
+
+    manifest = run_evaluate(_stage_params(tmp_path, ["livecodebench"], "eval.limit=1",
+                                          "eval.code_allow_unisolated=true"), engine_factory=factory,
+                            show_progress=False)
+    assert built and manifest["counts"]["sandbox_mode"] == "rlimits"
+    iso = manifest["agents"]["sandbox_isolation"]
+    assert iso["why_unisolated"] == "COGPO_SANDBOX_MODE=rlimits forces it"
+    assert iso["contains"]["network: loopback"] is False
+    assert any("eval.code_allow_unisolated allowed it" in n for n in manifest["notes"])
+    assert manifest["models"]["zero_shot"]["status"] == "evaluated"
+    from cogpo_kit.io import read_json
+
+    res = read_json(tmp_path / "lcb" / "06_evaluate" / "zero_shot" / "results.json")["benchmarks"]
+    assert res["livecodebench"]["score"] == 100.0

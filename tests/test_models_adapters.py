@@ -91,6 +91,23 @@ def test_fingerprint_follows_content_not_location(adapter, tiny_model_path, tmp_
     assert model_fingerprint(adapter) != model_fingerprint(tiny_model_path)
 
 
+def test_fingerprint_reads_target_modules_as_a_set(adapter, tmp_path):
+    """PEFT writes ``target_modules`` from a set, so two saves of one adapter (two processes, two string-hash
+    seeds) list them in different orders: seen in two runs' identical SFT adapters. Order is no content;
+    the set is."""
+    copy = tmp_path / "reordered"
+    shutil.copytree(adapter, copy)
+    config_path = copy / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    assert len(config["target_modules"]) > 1
+    config["target_modules"] = list(reversed(config["target_modules"]))
+    config_path.write_text(json.dumps(config, indent=2))
+    assert model_fingerprint(copy) == model_fingerprint(adapter)
+    config["target_modules"] = config["target_modules"][1:]  # another set of modules: another model
+    config_path.write_text(json.dumps(config, indent=2))
+    assert model_fingerprint(copy) != model_fingerprint(adapter)
+
+
 def _flip_last_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01

@@ -245,12 +245,15 @@ def test_cogpo_trainer_step_chunked_equals_full_logits(tiny_model_path, tmp_path
     from accelerate.utils import is_peft_model
 
     results = {}
-    for logprob_path in ("full", "chunked"):
+    for logprob_path in ("full", "chunked", "trl"):  # trl: TRL's own head, what `auto` takes on CUDA
         tr = _trainer(tiny_model_path, tmp_path, mode, logprob_path)
         base = tr.model.get_base_model() if is_peft_model(tr.model) else tr.model
-        assert base._cogpo_logprob_head[0] == (logprob_path, 13, 5000)
-        if tr.ref_model is not None:
-            assert tr.ref_model._cogpo_logprob_head[0] == (logprob_path, 13, 5000)
+        if logprob_path == "trl":
+            assert not hasattr(base, "_cogpo_logprob_head")
+        else:
+            assert base._cogpo_logprob_head[0] == (logprob_path, 13, 5000)
+            if tr.ref_model is not None:
+                assert tr.ref_model._cogpo_logprob_head[0] == (logprob_path, 13, 5000)
         ds = tr.train_dataset
         batch = tr.data_collator([ds[i] for i in range(len(ds))])
         tr.model.train()
@@ -270,15 +273,45 @@ def test_cogpo_trainer_step_chunked_equals_full_logits(tiny_model_path, tmp_path
         torch.testing.assert_close(torch.tensor(ref_ch), torch.tensor(ref_full), atol=1e-4, rtol=0)
     for key in ("logps/chosen", "rewards/margins", "entropy"):
         assert m_ch[key][-1] == pytest.approx(m_full[key][-1], abs=1e-4), key
+    l_trl, g_trl, ref_trl, m_trl = results["trl"]
+    torch.testing.assert_close(l_trl, l_full, atol=ATOL, rtol=0)
+    assert g_trl.keys() == g_full.keys()
+    for name in g_full:
+        torch.testing.assert_close(g_trl[name], g_full[name], atol=ATOL, rtol=0, msg=name)
+    if mode == "precompute":
+        torch.testing.assert_close(torch.tensor(ref_trl), torch.tensor(ref_full), atol=1e-4, rtol=0)
+    for key in ("logps/chosen", "rewards/margins"):
+        assert m_trl[key][-1] == pytest.approx(m_full[key][-1], abs=1e-4), key
 
 
 def test_config_rejects_unknown_logprob_path(tmp_path):
     from cogpo_kit.training.cogpo_trainer import CogPOConfig
 
-    with pytest.raises(ValueError, match="logprob_path must be chunked, full or trl, got 'fast'"):
+    with pytest.raises(ValueError, match="logprob_path must be auto, chunked, full or trl, got 'fast'"):
         CogPOConfig(output_dir=str(tmp_path), bf16=False, logprob_path="fast")
     with pytest.raises(ValueError, match="logprob_token_chunk and logprob_vocab_chunk must be >= 1"):
         CogPOConfig(output_dir=str(tmp_path), bf16=False, logprob_vocab_chunk=0)
+
+
+def test_auto_logprob_path_is_trl_on_cuda_and_chunked_elsewhere(tmp_path):
+    """``auto`` (the default) keeps TRL's head where TRL's Triton kernel runs (CUDA: as little memory as the
+    chunked head and faster, benchmarks/results/training_gpu.md) and the chunked head on the CPU."""
+    from types import SimpleNamespace
+
+    from cogpo_kit.params.run import load_params
+    from cogpo_kit.training.cogpo_trainer import CogPOConfig, CogPOTrainer
+
+    assert CogPOConfig(output_dir=str(tmp_path), bf16=False).logprob_path == "auto"
+    assert load_params([]).preference.logprob_path == "auto"
+
+    def model_on(device: str):
+        return SimpleNamespace(parameters=lambda: iter([torch.empty(0, device="meta").new_empty(0)])
+                               if device == "meta" else iter([SimpleNamespace(device=torch.device(device))]))
+
+    for chosen, device, used in [("auto", "cuda", "trl"), ("auto", "cpu", "chunked"), ("auto", "meta", "chunked"),
+                                 ("chunked", "cuda", "chunked"), ("full", "cpu", "full"), ("trl", "cpu", "trl")]:
+        trainer = SimpleNamespace(args=SimpleNamespace(logprob_path=chosen))
+        assert CogPOTrainer.logprob_path_in_use(trainer, model_on(device)) == used, (chosen, device)
 
 
 @pytest.mark.builds_model

@@ -28,6 +28,16 @@ preference:
 """
 
 
+def quiet_env() -> dict[str, str]:
+    """The environment of a training subprocess: no progress bars, one thread per process."""
+    return dict(os.environ, COGPO_NO_PROGRESS="1", TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+
+
+def torchrun(nproc: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc_per_node <nproc>`` of this interpreter (gloo on CPU)."""
+    return [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(nproc)]
+
+
 def _rows(run: Path, method: str) -> list[dict]:
     return [json.loads(line) for line in (run / "05_preference" / method / "metrics.jsonl").open() if "loss" in line
             and "train_runtime" not in line]
@@ -47,15 +57,14 @@ def test_two_processes_match_one(tmp_path):
     assert m["counts"]["pairs"] == 24
     shutil.copytree(out / "one" / "03_pairs", out / "two" / "03_pairs")
     shutil.copytree(out / "one" / "03_pairs", out / "shared" / "03_pairs")
-    env = dict(os.environ, COGPO_NO_PROGRESS="1", TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    env = quiet_env()
     cli = ["-m", "cogpo_kit.cli", "train", "preference", str(cfg)]
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
     procs = [
         subprocess.Popen([sys.executable, *cli], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-        subprocess.Popen([*torchrun, *cli, "-o", "run.run_id=two", "-o", "preference.optim.per_device_batch_size=2"],
+        subprocess.Popen([*torchrun(), *cli, "-o", "run.run_id=two", "-o", "preference.optim.per_device_batch_size=2"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
         # the reference log-probs shared by the methods, computed over two processes
-        subprocess.Popen([*torchrun, *cli, "-o", "run.run_id=shared",
+        subprocess.Popen([*torchrun(), *cli, "-o", "run.run_id=shared",
                           "-o", "preference.optim.per_device_batch_size=2",
                           "-o", "preference.share_ref_log_probs=true"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),

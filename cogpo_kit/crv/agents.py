@@ -145,6 +145,21 @@ class Agents:
                         slot[k] = slot.get(k, 0) + v
         return merged
 
+    def fleet_stats(self) -> dict[str, dict]:
+        """Per-server counts of the engines that spread requests over servers (``openai``: attempts,
+        answers, errors, tokens, time per base URL), keyed by model id."""
+        out: dict[str, dict] = {}
+        for engine in self.engines.values():
+            stats = getattr(getattr(engine, "backend", engine), "fleet_stats", None)
+            if not callable(stats):
+                continue
+            name = str(getattr(engine, "model_id", "?"))
+            key, k = name, 2
+            while key in out:  # two engines of one model with other settings
+                key, k = f"{name}#{k}", k + 1
+            out[key] = stats()
+        return out
+
     def counter_dict(self) -> dict[str, dict]:
         return {tag: dataclasses.asdict(c) for tag, c in sorted(self.counters.items())}
 

@@ -2,7 +2,8 @@
 
 Built from the stages' results: counts per level, per attempt, discards by reason, the invalid-label
 share (constrained vs free decoding), calls and tokens per agent, cache hits, and the calls a naive
-implementation (always all votes, no cache) would have made.
+implementation (always all votes, no cache) would have made; for agents served over HTTP, what each
+server did (requests, tokens, errors, time).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ PROBE_SUFFIX = "_free"
 
 
 def call_stats(agents: Agents, n_examples: int, *, skipped_votes: int) -> dict:
-    """Calls per tag from the kit's counters and the engines' ``stats_by_tag``, and the naive count.
+    """Calls per tag from the kit's counters and the engines' ``stats_by_tag``, the per-server counts of
+    engines over several servers (``fleet``), and the naive count.
 
     ``samples``/``paid``/``naive`` count the algorithm's calls; the free-decoding probes (measurement
     only) are counted apart in ``probe_samples``."""
@@ -66,6 +68,7 @@ def call_stats(agents: Agents, n_examples: int, *, skipped_votes: int) -> dict:
     return {
         "by_tag": by_tag,
         "engine_stats": agents.engine_stats(),
+        "fleet": agents.fleet_stats(),
         "samples": samples,
         "cache_hits": cached,
         "paid": samples - cached,

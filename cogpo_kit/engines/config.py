@@ -76,6 +76,13 @@ class EngineParams:
     ``0`` switches it off."""
     device: str = "auto"
     """transformers: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``."""
+    retire_rows: bool = False
+    """transformers: the kit's decoding loop, where a row that has finished leaves its batch (its KV cache rows
+    dropped) and prompts are read in groups of similar length, so a batch's cost follows the tokens its rows read
+    and write; ``false`` (default): ``model.generate``, every row padded to the batch's longest prompt and carried
+    to the end of its longest answer. The same tokens up to rounding in bfloat16, which on the demo's truncated
+    greedy answers moved many extracted answers (``benchmarks/results/evaluate.md``): opt-in until that is
+    understood."""
     dtype: str = "auto"
     """transformers / vLLM weight dtype: ``auto``, ``float32``, ``bfloat16``, ``float16``."""
     tensor_parallel_size: int = 1
@@ -85,11 +92,12 @@ class EngineParams:
     gpu_memory_utilization: float = 0.9
     """vLLM share of GPU memory to use."""
     base_urls: tuple[str, ...] = ()
-    """``openai``: one or more server base URLs (``http://host:port/v1``); requests are spread over them."""
+    """``openai``: one or more server base URLs (``http://host:port/v1``); each request goes to the server
+    in rotation with the fewest requests in flight."""
     api_key_env: Optional[str] = None
     """``openai``: name of the environment variable holding the API key (the key is never a param)."""
     max_concurrency: int = 8
-    """``openai``: requests in flight at once."""
+    """``openai``: requests in flight at once, over all servers (thousands are fine: one async client)."""
     timeout_s: float = 600.0
     """``openai``: per-request timeout in seconds."""
     max_retries: int = 6
@@ -98,6 +106,21 @@ class EngineParams:
     """``openai``: first retry delay in seconds; doubles per retry, with jitter (a server's Retry-After wins)."""
     retry_backoff_max_s: float = 30.0
     """``openai``: longest delay between two retries, in seconds."""
+    eject_after: int = 3
+    """``openai``: failed attempts in a row (timeouts, 5xx, dropped connections, malformed answers) after
+    which a server leaves rotation; a refused connection takes it out at once. Its requests in flight
+    move to the servers still in rotation."""
+    eject_s: float = 5.0
+    """``openai``: seconds before a server out of rotation is checked again (``GET /health``); each failed
+    check doubles the wait."""
+    eject_max_s: float = 120.0
+    """``openai``: longest wait between two checks of a server out of rotation, in seconds."""
+    health_interval_s: float = 30.0
+    """``openai``: a server in rotation that has answered nothing for this long is checked
+    (``GET /health`` at the server's root; ``0``: only servers out of rotation are checked)."""
+    health_timeout_s: float = 10.0
+    """``openai``: a health check that takes longer fails. Any HTTP answer but 5xx passes (servers without
+    a ``/health`` route answer 404)."""
     guided_choice: Literal["auto", "grammar", "vllm", "none"] = "auto"
     """``openai``: how to ask the server for a constrained label: a GBNF ``grammar`` field (llama.cpp
     server), vLLM's ``structured_outputs`` (``guided_choice`` before vLLM 0.11, told by ``/version``),

@@ -10,6 +10,14 @@ score each choice's log-probability (the choice's tokens and the end-of-turn tok
 prompt and sample a label from that distribution at the request's temperature (argmax at 0): the
 answer is always one of the choices. With ``thinking_end`` set the model first writes freely up
 to the marker, then the labels are scored after it.
+
+A batch is decoded by :func:`cogpo_kit.engines.hf_decode.decode` (prompts read in groups of similar length,
+finished rows leave the batch, a KV cache that grows by doubling; batches of up to ``batch_size`` rows, split
+where a few long prompts would make the others attend over padding); ``retire_rows: false`` (or a model whose
+cache is not full attention in every layer) runs ``model.generate`` on batches of ``batch_size`` rows
+instead, every row to the end of the batch's longest one. Rows of several models on one base
+(:mod:`cogpo_kit.engines.hf_multi`) carry their model's index (``_Gen.model``), which the stacked LoRA
+layers read through ``row_models``.
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ class _Gen:
     top_k: int
     top_p: float
     seed: int
+    model: int = 0
+    """The row's model among those sharing the engine's base (:mod:`cogpo_kit.engines.hf_multi`)."""
 
 
 def _row_sampler_cls():
@@ -80,16 +90,27 @@ def _row_sampler_cls():
             self.gens: Optional[list] = None
 
         def __call__(self, input_ids, scores):
+            return self.pick(scores)
+
+        def pick(self, scores, index=None):
+            """Scores of the batch rows ``index`` (their numbers among ``rows``; ``None``: all rows in order)."""
             dev = scores.device
             if self.gens is None:
                 self.gens = [torch.Generator(device="cpu").manual_seed(r.seed) for r in self.rows]
-                self.temp = torch.tensor([max(r.temperature, 1e-6) for r in self.rows], device=dev)[:, None]
-                self.greedy = torch.tensor([r.temperature <= 0 for r in self.rows], device=dev)
+                self.temp_all = torch.tensor([max(r.temperature, 1e-6) for r in self.rows], device=dev)[:, None]
+                self.greedy_all = torch.tensor([r.temperature <= 0 for r in self.rows], device=dev)
                 vocab = scores.shape[-1]
-                self.top_k = torch.tensor([r.top_k if r.top_k and r.top_k > 0 else vocab for r in self.rows],
-                                          device=dev)[:, None]
-                self.top_p = torch.tensor([r.top_p if 0 < r.top_p < 1 else 1.0 for r in self.rows],
-                                          device=dev)[:, None]
+                self.top_k_all = torch.tensor([r.top_k if r.top_k and r.top_k > 0 else vocab for r in self.rows],
+                                              device=dev)[:, None]
+                self.top_p_all = torch.tensor([r.top_p if 0 < r.top_p < 1 else 1.0 for r in self.rows],
+                                              device=dev)[:, None]
+            if index is None:
+                gens, self.temp, self.greedy = self.gens, self.temp_all, self.greedy_all
+                self.top_k, self.top_p = self.top_k_all, self.top_p_all
+            else:
+                gens = [self.gens[i] for i in index.tolist()]
+                self.temp, self.greedy = self.temp_all[index], self.greedy_all[index]
+                self.top_k, self.top_p = self.top_k_all[index], self.top_p_all[index]
             logits = scores.float() / self.temp
             kmax = int(self.top_k.max())
             if kmax < logits.shape[-1]:  # every row has a top_k: a partial sort is enough
@@ -97,11 +118,12 @@ def _row_sampler_cls():
             else:
                 sorted_l, order = torch.sort(logits, dim=-1, descending=True)
             ranks = torch.arange(sorted_l.shape[-1], device=dev)[None, :]
-            probs = torch.softmax(sorted_l, -1)
+            # top-p over the row's own top-k (renormalised), whatever the widest top-k of the batch
+            probs = torch.softmax(sorted_l.masked_fill(ranks >= self.top_k, float("-inf")), -1)
             drop = (ranks >= self.top_k) | ((probs.cumsum(-1) - probs) > self.top_p)
             probs = probs.masked_fill(drop, 0.0)
             cdf = probs.cumsum(-1)
-            u = torch.stack([torch.rand(1, generator=g) for g in self.gens]).to(dev) * cdf[:, -1:]
+            u = torch.stack([torch.rand(1, generator=g) for g in gens]).to(dev) * cdf[:, -1:]
             idx = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
             tok = order.gather(1, idx).squeeze(1)
             tok = torch.where(self.greedy, scores.argmax(-1), tok)
@@ -171,6 +193,12 @@ class TransformersEngine:
         eos = eos if eos is not None else self.tok.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
         self._lock = threading.Lock()
+        self._full_attention: Optional[bool] = None
+        """Whether the model's KV cache is full attention in every layer (then ``retire_rows`` takes the kit's
+        decoding loop; else ``generate`` serves it)."""
+        self.row_models = None
+        """With several models on this base (:mod:`cogpo_kit.engines.hf_multi`): the row selector of the stacked
+        LoRA layers (:class:`cogpo_kit.models.lora_fold.RowModels`)."""
         self.logger.info("transformers: loaded %s on %s in %.1f s", config.model, device, seconds)
 
     # -- prompts --------------------------------------------------------------------------
@@ -188,7 +216,10 @@ class TransformersEngine:
         with self._lock:
             return self._generate(list(requests), on_result)
 
-    def _generate(self, requests: list[Request], on_result) -> list[list[Completion]]:
+    def _generate(self, requests: list[Request], on_result,
+                  models: Optional[Sequence[int]] = None) -> list[list[Completion]]:
+        """Serve ``requests``; ``models[i]``: request ``i``'s model among those sharing the base (``None``: all
+        are the engine's one model)."""
         results: list[list[Optional[Completion]]] = [[None] * r.n for r in requests]
         think = self.config.thinking_end
         prompts: list[list[int]] = []
@@ -204,19 +235,21 @@ class TransformersEngine:
             ids, budget, dropped = fit_prompt(ids, self.n_ctx, budget, self.config.truncation,
                                               describe_request(i, r), self.name)
             if dropped:
-                self.prompt_truncations[r.tag] = self.prompt_truncations.get(r.tag, 0) + 1
+                count_key = r.tag if models is None else (models[i], r.tag)  # several models: counted per model
+                self.prompt_truncations[count_key] = self.prompt_truncations.get(count_key, 0) + 1
                 self.logger.warning("transformers: %s: dropped its %d oldest prompt tokens",
                                     describe_request(i, r), dropped)
             prompts.append(ids)
             sp = r.sampling
             for j in range(r.n):
                 seed = sample_seed(sp.seed, r.sample_offset + j)
+                model = models[i] if models is not None else 0
                 if r.choices is None:
                     free.append(_Gen((i, j), ids, budget, tuple(sp.stop), sp.temperature, sp.top_k, sp.top_p,
-                                     seed))
+                                     seed, model))
                 elif think:
                     thinking.append(_Gen((i, j), ids, min(budget, int(self.config.max_thinking_tokens)),
-                                         tuple(sp.stop) + (think,), sp.temperature, sp.top_k, sp.top_p, seed))
+                                         tuple(sp.stop) + (think,), sp.temperature, sp.top_k, sp.top_p, seed, model))
 
         def emit(i: int, j: int, c: Completion) -> None:
             results[i][j] = c
@@ -235,7 +268,7 @@ class TransformersEngine:
             if r.choices is not None and not think:
                 contexts.append(((i, -1), prompts[i], "", 0))
         by_key = {c[0]: c for c in contexts}
-        for (i, j), logps in self._score_all(contexts, requests):
+        for (i, j), logps in self._score_all(contexts, requests, models):
             r = requests[i]
             ctx = by_key[(i, j)]
             samples = range(r.n) if j < 0 else [j]
@@ -259,33 +292,26 @@ class TransformersEngine:
 
     def _run_free(self, gens: list[_Gen]):
         """Yield (gen, (text, finish_reason, new_tokens)) batch by batch."""
-        import torch
-        from transformers import GenerationConfig
+        from cogpo_kit.engines.hf_decode import cache_layers, decode_batches
 
-        row_sampler = _row_sampler_cls()
-        stop_on_text = _stop_on_text_cls()
+        if self._full_attention is None:  # a model with sliding-window (or other) cache layers is left to generate
+            self._full_attention = cache_layers(self.model) is not None
+        kit_loop = bool(self.config.retire_rows) and self._full_attention
         bs = max(1, int(self.config.batch_size))
         order = sorted(gens, key=lambda g: (g.max_new, g.stops, len(g.ids)))
         for (max_new, stops), group in groupby(order, key=lambda g: (g.max_new, g.stops)):
             group = list(group)
-            for k in range(0, len(group), bs):
-                chunk = group[k:k + bs]
-                width = max(len(g.ids) for g in chunk)
-                pad = self.tok.pad_token_id
-                ids = torch.tensor([[pad] * (width - len(g.ids)) + g.ids for g in chunk], device=self.device)
-                mask = torch.tensor([[0] * (width - len(g.ids)) + [1] * len(g.ids) for g in chunk],
-                                    device=self.device)
-                gc = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=self.eos_ids,
-                                      pad_token_id=pad)
-                kwargs = {"stopping_criteria": [stop_on_text(self.tok, stops, width)]} if stops else {}
-                if any(g.temperature > 0 for g in chunk):
-                    kwargs["logits_processor"] = [row_sampler(chunk)]
-                # an all-greedy chunk needs no sampler: generate's own argmax picks the same tokens without
-                # sorting the vocabulary of every row at every step
-                with torch.no_grad():
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, **kwargs)
-                for b, g in enumerate(chunk):
-                    new = out[b, width:].tolist()
+            if kit_loop:  # batches of at most bs rows, split where padding would cost more
+                runs = decode_batches([len(g.ids) for g in group], bs, max_new)
+            else:
+                runs = [(k, min(k + bs, len(group))) for k in range(0, len(group), bs)]
+            for start, end in runs:
+                chunk = group[start:end]
+                if kit_loop:
+                    news = self._decode(chunk, max_new, stops)
+                else:
+                    news = self._generate_chunk(chunk, max_new, stops)
+                for g, new in zip(chunk, news):
                     ended = False
                     for t_i, t in enumerate(new):
                         if t in self.eos_ids:
@@ -299,7 +325,43 @@ class TransformersEngine:
                     finish = "stop" if (ended or hit) else ("length" if len(new) >= max_new else "stop")
                     yield g, (text, finish, len(new))  # the end-of-turn token is not counted
 
-    def _score_all(self, contexts, requests: list[Request]):
+    def _decode(self, chunk: list[_Gen], max_new: int, stops: tuple[str, ...]) -> list[list[int]]:
+        """New tokens of each row of one batch, rows leaving the batch as they finish (:mod:`hf_decode`)."""
+        from cogpo_kit.engines.hf_decode import decode
+
+        sampler = _row_sampler_cls()(chunk) if any(g.temperature > 0 for g in chunk) else None
+        crit = _stop_on_text_cls()(self.tok, stops, 0) if stops else None
+        return decode(self.model, [g.ids for g in chunk], max_new=max_new, pad_id=self.tok.pad_token_id,
+                      eos_ids=self.eos_ids, device=self.device, sampler=sampler.pick if sampler else None,
+                      stop=(lambda generated, _rows: crit(generated, None).tolist()) if crit else None,
+                      row_models=self.row_models, models=[g.model for g in chunk])
+
+    def _generate_chunk(self, chunk: list[_Gen], max_new: int, stops: tuple[str, ...]) -> list[list[int]]:
+        """New tokens of each row of one batch through ``model.generate`` (every row to the batch's end)."""
+        import torch
+        from transformers import GenerationConfig
+
+        width = max(len(g.ids) for g in chunk)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(g.ids)) + g.ids for g in chunk], device=self.device)
+        mask = torch.tensor([[0] * (width - len(g.ids)) + [1] * len(g.ids) for g in chunk], device=self.device)
+        gc = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=self.eos_ids, pad_token_id=pad)
+        kwargs = {"stopping_criteria": [_stop_on_text_cls()(self.tok, stops, width)]} if stops else {}
+        if any(g.temperature > 0 for g in chunk):
+            kwargs["logits_processor"] = [_row_sampler_cls()(chunk)]
+        # an all-greedy chunk needs no sampler: generate's own argmax picks the same tokens without
+        # sorting the vocabulary of every row at every step
+        if self.row_models is not None:
+            self.row_models.select([g.model for g in chunk])
+        try:
+            with torch.no_grad():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, **kwargs)
+        finally:
+            if self.row_models is not None:
+                self.row_models.select(None)
+        return [out[b, width:].tolist() for b in range(len(chunk))]
+
+    def _score_all(self, contexts, requests: list[Request], models: Optional[Sequence[int]] = None):
         """Yield (key, [log p(choice + end of turn | context) for each choice])."""
         import torch
 
@@ -320,8 +382,15 @@ class TransformersEngine:
             pad = self.tok.pad_token_id
             ids = torch.tensor([x[2] + [pad] * (width - len(x[2])) for x in chunk], device=self.device)
             mask = torch.tensor([[1] * len(x[2]) + [0] * (width - len(x[2])) for x in chunk], device=self.device)
+            if self.row_models is not None:
+                self.row_models.select([models[contexts[x[0]][0][0]] if models is not None else 0 for x in chunk])
+            try:
+                with torch.no_grad():
+                    hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+            finally:
+                if self.row_models is not None:
+                    self.row_models.select(None)
             with torch.no_grad():
-                hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
                 for b, (ci, choice_k, seq, n_prompt) in enumerate(chunk):
                     pos = torch.arange(n_prompt - 1, len(seq) - 1, device=self.device)
                     logp = torch.log_softmax(head(hidden[b, pos]).float(), -1)

@@ -16,6 +16,10 @@ a completion, and per-test verdicts from the sandbox — run as LiveCodeBench's 
 - one time limit per test (``code_timeout_s``, LiveCodeBench's ``--timeout`` default of 6 s), the
   first failing test ends the run.
 
+With ``allow_unisolated=False`` (the evaluation passes ``eval.code_allow_unisolated``) nothing runs where
+the sandbox has no namespaces (``rlimits`` mode): :func:`run_tests` raises
+:class:`~cogpo_kit.evaluation.sandbox.IsolationError` first.
+
 Each test runs the program in its own sandboxed process (:mod:`sandbox`), where LiveCodeBench
 runs all tests of a program in one process; its time limit covers the call only, so the kit adds
 1 s of wall clock for the interpreter start.
@@ -38,7 +42,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Optional, Sequence
 
 from cogpo_kit.answers.extraction import final_segment
-from cogpo_kit.evaluation.sandbox import Limits, run_program
+from cogpo_kit.evaluation.sandbox import Limits, require_isolation, run_program
 
 VERDICTS = ("pass", "wrong_answer", "time_limit", "runtime_error", "memory_limit", "skipped")
 
@@ -295,8 +299,12 @@ def functional_result_matches(printed: str, expected_json: str) -> tuple[bool, s
 
 
 def run_tests(code: str, tests: Sequence[CodeTest], *, func_name: Optional[str] = None,
-              limits: Limits = Limits(), stop_on_fail: bool = True) -> list[TestVerdict]:
-    """Run a program on each test in the sandbox; one verdict per test."""
+              limits: Limits = Limits(), stop_on_fail: bool = True,
+              allow_unisolated: bool = True) -> list[TestVerdict]:
+    """Run a program on each test in the sandbox; one verdict per test. ``allow_unisolated=False``: raise
+    :class:`~cogpo_kit.evaluation.sandbox.IsolationError` instead where the sandbox is in ``rlimits`` mode."""
+    if not allow_unisolated:
+        require_isolation(False)
     out: list[TestVerdict] = []
     failed = False
     for t in tests:

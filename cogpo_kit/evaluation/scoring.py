@@ -66,7 +66,8 @@ def grade_benchmark(bench: Benchmark, problems: Sequence[Problem], prompts: Sequ
                 if code is None:
                     row.update(extracted=None, correct=False, method="no_code", verdict="no_code", tests=[])
                 else:
-                    tv = run_tests(code, prob.tests, func_name=prob.func_name, limits=limits)
+                    tv = run_tests(code, prob.tests, func_name=prob.func_name, limits=limits,
+                                   allow_unisolated=getattr(ev, "code_allow_unisolated", False))
                     failed = next((t for t in tv if t.verdict != "pass"), None)
                     row.update(extracted=code, correct=failed is None, method="sandbox",
                                verdict="pass" if failed is None else failed.verdict,

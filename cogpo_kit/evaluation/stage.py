@@ -8,6 +8,9 @@ For each name in ``eval.models``:
 - a missing checkpoint is a note in the manifest and the model is skipped, not a crash;
 - one engine per model (``eval.engine`` with the model filled in), all prompts of all benchmarks
   sent at once; then grading (math: time-limited worker; choice: letter extractors; code: sandbox);
+- with the transformers engine and ``eval.batch_models``, the models that share a base (the student and the
+  LoRA adapters on it) generate first, together: one engine, their rows in shared batches
+  (:mod:`cogpo_kit.engines.hf_multi`); ``results.json`` names them (``generated_with``);
 - a model whose answers on a benchmark were generated before under the same content key (its weights'
   fingerprint, the prompts, the decoding, the engine settings that change outputs: see
   :mod:`cogpo_kit.evaluation.reuse`) gets them from ``<output_dir>/cache/evaluations`` and is graded
@@ -16,7 +19,10 @@ For each name in ``eval.models``:
 
 The decoding protocol (``eval.protocol``: greedy / r1 / as ``eval.sampling`` says) is resolved once and
 recorded with every number; with ``eval.expect_sizes: paper`` every benchmark's size is checked
-against the paper's Table 7 before anything is generated.
+against the paper's Table 7 before anything is generated. With a code benchmark, the code sandbox's
+isolation is checked first too: where it has no namespaces (mode ``rlimits``) the stage stops before
+any model is loaded unless ``eval.code_allow_unisolated`` is true; the mode and what it contains are
+in the manifest (``counts.sandbox_mode``, ``agents.sandbox_isolation``).
 
 Writes ``06_evaluate/<model>/results.json`` and ``samples_<bench>.jsonl``, and
 ``06_evaluate/comparison.json`` + ``comparison.csv``.
@@ -173,6 +179,10 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
     if ignored:
         st.note(ignored)
     benches = {name: get_benchmark(name) for name in ev.benchmarks}
+    if any(b.kind == "code" for b in benches.values()):
+        from cogpo_kit.evaluation.sandbox import require_isolation
+
+        require_isolation(ev.code_allow_unisolated)  # before any model is loaded: no compute wasted
     sampling = {name: bench_sampling(decoding.sampling, bench, ev.stop_at_final_answer)
                 for name, bench in benches.items()}
     if ev.stop_at_final_answer and ev.engine.engine != "transformers":
@@ -195,6 +205,9 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
         st.counts["sandbox_mode"] = iso.get("mode")
         st.agents["sandbox_isolation"] = iso
         log.info("sandbox isolation: %s", iso)
+        if iso.get("mode") == "rlimits":
+            st.note(f"generated code ran without namespaces (sandbox mode rlimits: {iso.get('why_unisolated')}), "
+                    "with the user's uid, network and files: eval.code_allow_unisolated allowed it")
 
     results: dict[str, dict] = {}
     scores: dict[str, dict] = {}
@@ -204,7 +217,47 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
     store = evaluation_store(params)
     workers = ev.grader_workers or max(1, min(4, os.cpu_count() or 1))
     grader = MathGrader(timeout_s=ev.math_timeout_s, workers=workers)
+
+    def reuse_plan(spec: str) -> tuple[dict, dict, dict, Optional[str]]:
+        """(answers per benchmark, generation keys, reused origins, fingerprint) of a model before generating."""
+        by_bench: dict[str, list] = {b: [None] * len(problems[b]) for b in benches}
+        keys: dict[str, tuple[str, dict]] = {}
+        reused: dict[str, dict] = {}
+        fingerprint = model_content(spec) if store is not None else None
+        if fingerprint is not None:
+            for bname in benches:
+                keys[bname] = generation_key(fingerprint, bname, prompts[bname], sampling[bname],
+                                             decoding.n_samples, ev.engine)
+                hit = store.get(keys[bname][0], len(prompts[bname]))
+                if hit is not None:
+                    by_bench[bname] = hit["completions"]
+                    reused[bname] = {**hit["origin"], "key": keys[bname][0]}
+        return by_bench, keys, reused, fingerprint
+
+    def requests_for(todo: list[str]) -> tuple[list, list[tuple[str, int]]]:
+        reqs, index = [], []
+        for bname in todo:
+            for i, msgs in enumerate(prompts[bname]):
+                reqs.append(Request(messages=msgs, sampling=sampling[bname], n=decoding.n_samples, tag=f"eval:{bname}"))
+                index.append((bname, i))
+        return reqs, index
+
+    plans: dict[str, tuple] = {}
+    shared: dict = {}
     try:
+        if engine_factory is None and ev.batch_models and ev.engine.engine == "transformers":
+            from cogpo_kit.engines.hf_multi import generate_grouped
+
+            todo_specs, todo_reqs = {}, {}
+            for name in eval_model_names(params):
+                spec, _where = resolve_eval_model(name, params, run_path)
+                if spec is not None:
+                    plans[name] = reuse_plan(spec)
+                    todo = [b for b in benches if b not in plans[name][2]]
+                    if todo:
+                        todo_specs[name], todo_reqs[name] = spec, requests_for(todo)[0]
+            shared = generate_grouped(ev.engine, todo_specs, todo_reqs, show_progress=show_progress, logger=log,
+                                      cache_path=str(Path(params.run.output_dir) / "cache" / "responses.sqlite"))
         for name in eval_model_names(params):
             spec, where = resolve_eval_model(name, params, run_path)
             if spec is None:
@@ -222,18 +275,7 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
             if Path(spec).exists():
                 st.add_input(spec)
             t0 = time.time()
-            by_bench: dict[str, list] = {b: [None] * len(problems[b]) for b in benches}
-            keys: dict[str, tuple[str, dict]] = {}
-            reused: dict[str, dict] = {}
-            fingerprint = model_content(spec) if store is not None else None
-            if fingerprint is not None:
-                for bname in benches:
-                    keys[bname] = generation_key(fingerprint, bname, prompts[bname], sampling[bname],
-                                                 decoding.n_samples, ev.engine)
-                    hit = store.get(keys[bname][0], len(prompts[bname]))
-                    if hit is not None:
-                        by_bench[bname] = hit["completions"]
-                        reused[bname] = {**hit["origin"], "key": keys[bname][0]}
+            by_bench, keys, reused, fingerprint = plans.pop(name, None) or reuse_plan(spec)
             todo = [b for b in benches if b not in reused]
             stats: dict = {}
             model_id = None
@@ -242,19 +284,18 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
                          name, ", ".join(reused), fingerprint,
                          "; ".join(f"{b}: {o.get('results') or o.get('spec')}" for b, o in reused.items()))
             if todo:
-                engine = factory(spec)
-                try:
-                    reqs, index = [], []
-                    for bname in todo:
-                        for i, msgs in enumerate(prompts[bname]):
-                            reqs.append(Request(messages=msgs, sampling=sampling[bname], n=decoding.n_samples,
-                                                tag=f"eval:{bname}"))
-                            index.append((bname, i))
-                    outs = engine.generate(reqs)
-                    stats = engine.stats_by_tag() if isinstance(engine, TagStats) else {}
-                    model_id = getattr(engine, "model_id", spec)
-                finally:
-                    engine.close()
+                reqs, index = requests_for(todo)
+                if name in shared:  # generated with the other models of its base, above
+                    outs, stats, model_id = shared[name].completions, shared[name].stats, shared[name].model_id
+                    t0 -= shared[name].seconds
+                else:
+                    engine = factory(spec)
+                    try:
+                        outs = engine.generate(reqs)
+                        stats = engine.stats_by_tag() if isinstance(engine, TagStats) else {}
+                        model_id = getattr(engine, "model_id", spec)
+                    finally:
+                        engine.close()
                 if len(outs) != len(reqs):
                     raise RuntimeError(f"engine returned {len(outs)} results for {len(reqs)} requests (model {name})")
                 for (bname, i), comps in zip(index, outs):
@@ -286,7 +327,8 @@ def run_evaluate(params, *, engine_factory: Optional[EngineFactory] = None, show
             results[name] = res_model
             info = {"status": "evaluated", "spec": spec, "source": where, "model_id": model_id,
                     "generate_s": round(gen_s, 2), "grade_s": round(grade_s, 2), "fingerprint": fingerprint,
-                    "generated": todo, "reused_from": reused or None}
+                    "generated": todo, "reused_from": reused or None,
+                    **({"generated_with": list(shared[name].group)} if name in shared else {})}
             models_info[name] = info
             st.write("results", {"model": name, **info, "benchmarks": res_model, "protocol": protocol,
                                  "sampling": params_dict(decoding)["sampling"], "n_samples": decoding.n_samples},

@@ -285,10 +285,18 @@ def folder_fingerprint(folder) -> str:
     return _digest("hf-folder", [(p.relative_to(folder).as_posix(), file_fingerprint(p)) for p in files])
 
 
+ADAPTER_SET_FIELDS = ("target_modules", "modules_to_save", "exclude_modules", "layers_to_transform")
+"""Adapter-config lists that PEFT reads as sets: their order says nothing about what the adapter computes
+(and differs between two saves of the same adapter), so the fingerprint sorts them."""
+
+
 def _adapter_fingerprint(folder: Path) -> str:
     config = _read_json(folder / ADAPTER_CONFIG)
     for key in ("base_model_name_or_path", "revision"):
         config.pop(key, None)  # where the base lies is not what it computes: its fingerprint is below
+    for key in ADAPTER_SET_FIELDS:
+        if isinstance(config.get(key), list):  # PEFT writes these sets in the order of the process's str hash
+            config[key] = sorted(config[key], key=str)
     parts = [("base", model_fingerprint(adapter_base(folder))),
              (ADAPTER_CONFIG, json.dumps(config, sort_keys=True, separators=(",", ":")))]
     for name in (*ADAPTER_WEIGHTS, *TOKENIZER_FILES):

@@ -24,7 +24,9 @@ Every variant logs rewards, margins and accuracies per gap type (see :mod:`cogpo
 Log-probs: the policy's and the reference's per-token log-probs (and the logged entropy) go through
 :mod:`cogpo_kit.training.logprob_head`, which scores only the completion tokens in tiles of
 ``logprob_token_chunk`` x ``logprob_vocab_chunk`` (:mod:`cogpo_kit.training.chunked_logprobs`), so peak memory does
-not grow with vocabulary x sequence length; ``logprob_path="trl"`` keeps TRL's own fused head. The patch is put on
+not grow with vocabulary x sequence length; ``logprob_path="trl"`` keeps TRL's own fused head, and the default
+``"auto"`` takes it on CUDA devices (where TRL's Triton kernel tiles the completion tokens too, and is faster). The
+patch is put on
 the base model (under DDP and PEFT wrappers) at the first forward, which covers the reference pass of
 ``precompute_ref_log_probs`` inside TRL's constructor, and again after it.
 """
@@ -84,13 +86,16 @@ class CogPOConfig(DPOConfig):
             pairs fall across processes. Both are the same on one process.
         min_beta (`float`, defaults to `1e-3`):
             Lower bound of an adjusted beta.
-        logprob_path (`str`, defaults to `"chunked"`):
-            How the policy and reference log-probs are computed. `"chunked"`: only the completion tokens, in tiles
+        logprob_path (`str`, defaults to `"auto"`):
+            How the policy and reference log-probs are computed. `"auto"`: `"trl"` when the model is on a CUDA
+            device (TRL's Triton kernel already scores only completion tokens in tiles there, with as little memory
+            as `"chunked"` and 3.7-4.4x faster in `benchmarks/results/training_gpu.md`), `"chunked"` elsewhere.
+            `"chunked"`: only the completion tokens, in tiles
             of `logprob_token_chunk` x `logprob_vocab_chunk` through the LM head, recomputed in backward (no
             tokens x vocabulary tensor). `"full"`: through the full logits and `log_softmax` (the plain computation;
             memory grows with tokens x vocabulary). `"trl"`: TRL's fused LM head as shipped (every position scored,
-            tiles of 4096 tokens x 32768 columns without Triton). All three give the same values (within float32
-            rounding).
+            tiles of 4096 tokens x 32768 columns without Triton; on CUDA, TRL's Triton kernel over the completion
+            tokens). All give the same values (within float32 rounding).
         logprob_token_chunk (`int`, defaults to `1024`):
             Tokens per tile of the chunked path. A float32 tile is `4 * token_chunk * vocab_chunk` bytes (32 MB at the
             defaults); at most two exist at a time, plus the gradient of the LM head weight.
@@ -108,7 +113,7 @@ class CogPOConfig(DPOConfig):
     filter_loss_average: str = field(default="global", metadata={
         "help": "beta-DPO filtering: mean over the kept pairs of the global batch (global) or per process."})
     min_beta: float = field(default=1e-3, metadata={"help": "Lower bound of an adjusted beta."})
-    logprob_path: str = field(default="chunked", metadata={"help": "chunked | full | trl: how log-probs are computed."})
+    logprob_path: str = field(default="auto", metadata={"help": "auto | chunked | full | trl: how log-probs are computed."})
     logprob_token_chunk: int = field(default=1024, metadata={"help": "Tokens per tile of the chunked log-probs."})
     logprob_vocab_chunk: int = field(default=8192, metadata={"help": "Vocabulary columns per tile of the chunked log-probs."})
 
@@ -124,8 +129,8 @@ class CogPOConfig(DPOConfig):
             raise ValueError(f"filter_keep must be in (0, 1], got {self.filter_keep}")
         if self.filter_keep < 1.0 and self.dynamic_beta != "batch":
             raise ValueError("filter_keep < 1 is beta-DPO's data filtering: it needs dynamic_beta='batch'")
-        if self.logprob_path not in ("chunked", "full", "trl"):
-            raise ValueError(f"logprob_path must be chunked, full or trl, got {self.logprob_path!r}")
+        if self.logprob_path not in ("auto", "chunked", "full", "trl"):
+            raise ValueError(f"logprob_path must be auto, chunked, full or trl, got {self.logprob_path!r}")
         if self.logprob_token_chunk < 1 or self.logprob_vocab_chunk < 1:
             raise ValueError(f"logprob_token_chunk and logprob_vocab_chunk must be >= 1, got "
                              f"{self.logprob_token_chunk} and {self.logprob_vocab_chunk}")
@@ -197,14 +202,26 @@ class CogPOTrainer(DPOTrainer):
             if col is not None and col not in self._signature_columns:
                 self._signature_columns = list(self._signature_columns) + [col]
 
+    def logprob_path_in_use(self, model) -> str:
+        """``args.logprob_path`` with ``auto`` resolved: ``trl`` when ``model``'s weights are on a CUDA device,
+        else ``chunked``."""
+        if self.args.logprob_path != "auto":
+            return self.args.logprob_path
+        try:
+            device = next(model.parameters()).device
+        except StopIteration:  # pragma: no cover - a model without parameters
+            return "chunked"
+        return "trl" if device.type == "cuda" else "chunked"
+
     def _use_logprob_head(self, model) -> None:
         """Put the log-prob head of ``args.logprob_path`` on the base model under ``model``'s wrappers (once)."""
-        if self.args.logprob_path == "trl":
+        path = self.logprob_path_in_use(model)
+        if path == "trl":
             return
         base = self.accelerator.unwrap_model(model)
         if is_peft_model(base):
             base = base.get_base_model()
-        add_completion_logprob_head(base, path=self.args.logprob_path, token_chunk=self.args.logprob_token_chunk,
+        add_completion_logprob_head(base, path=path, token_chunk=self.args.logprob_token_chunk,
                                     vocab_chunk=self.args.logprob_vocab_chunk)
 
     def compute_ref_log_probs(self, model, inputs):

@@ -59,6 +59,54 @@ class OptimParams:
 
 
 @dataclass(frozen=True)
+class LaunchParams:
+    """How a training stage runs: in this process, or under a multi-process launcher it starts itself.
+
+    With ``config`` empty and ``num_processes`` and ``num_machines`` 1 the stage trains in the calling process
+    (CPU or one GPU), as ``cogpo-kit run`` and the notebooks always did. Otherwise the stage (called from a
+    notebook, ``cogpo-kit run``, ``--in-process`` or ``cogpo-kit train``) writes the run's parameters to
+    ``<stage>/launch/params.yaml``, starts the launcher on ``cogpo-kit train`` with that file, streams its
+    output and log back, and fails with the launcher's own error; a rerun resumes from the stage's
+    checkpoints as in-process runs do (:mod:`cogpo_kit.training.launch`). A process already started by a
+    launcher (``torchrun``/``accelerate launch`` on the command line) trains: it never launches again."""
+
+    launcher: Literal["accelerate", "torchrun"] = "accelerate"
+    """``accelerate``: ``accelerate launch --config_file <config> --num_processes <num_processes>`` (DDP or
+    DeepSpeed ZeRO, one or many nodes); ``torchrun``: ``torchrun --standalone --nproc_per_node
+    <num_processes>`` (plain DDP; on CPU the processes use gloo)."""
+    config: Optional[str] = None
+    """Accelerate config file (``params/launch/ddp.yaml``, ``zero2.yaml``, ``zero3.yaml``, ...): an absolute path,
+    or relative to the current directory or the first folder above it that holds it (a notebook opened in
+    JupyterLab runs in ``notebooks/``); the launcher runs in that folder, so the DeepSpeed JSON the config
+    names (if any, setting the ZeRO stage and offload) is found as on the command line. Empty: accelerate's
+    own default config. Not used by ``torchrun`` (an error there)."""
+    num_processes: int = 1
+    """Processes in all (GPUs over all nodes); passed to the launcher and overriding the config's value. The
+    global batch is ``per_device_batch_size x gradient_accumulation_steps x num_processes``."""
+    num_machines: int = 1
+    """Nodes; the stage starts the launcher of its own node, so with more than one, the same stage runs on
+    every node and ``machine_rank``/``main_process_ip`` (accelerate) or the ``PET_*`` rendezvous variables
+    (torchrun) come from the node's config or environment (a SLURM recipe)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the stage starts a launcher instead of training in-process."""
+        return bool(self.config) or self.num_processes > 1 or self.num_machines > 1
+
+    def __post_init__(self) -> None:
+        if self.num_processes < 1:
+            raise ValueError(f"num_processes must be at least 1, got {self.num_processes}")
+        if self.num_machines < 1:
+            raise ValueError(f"num_machines must be at least 1, got {self.num_machines}")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of num_machines "
+                             f"({self.num_machines}): every node runs the same number of processes")
+        if self.launcher == "torchrun" and self.config:
+            raise ValueError(f"config {self.config!r} is an accelerate config: torchrun takes none (set "
+                             "launcher: accelerate, or leave config empty)")
+
+
+@dataclass(frozen=True)
 class SFTParams:
     """Stage 04: supervised fine-tuning on D_SFT* (CRV+SFT) and on the original CoTs (SFT baseline)."""
 
@@ -71,6 +119,8 @@ class SFTParams:
     """Optimisation (paper Table 8: batch 96, lr 1e-5, 3 epochs)."""
     lora: LoraParams = field(default_factory=LoraParams)
     """LoRA settings (``enabled: false`` for full fine-tuning as in the paper)."""
+    launch: LaunchParams = field(default_factory=LaunchParams)
+    """In-process (default) or a multi-process launcher started by the stage itself."""
     merge_lora: bool = False
     """With LoRA, save the merged full model in ``<variant>/model/`` instead of the adapter. ``false``: the
     adapter (a few MB) with its base recorded; readers merge in memory, or once into the cache where a
@@ -137,9 +187,22 @@ class PreferenceParams:
     in the first CogPO-family trainer), keep them in ``05_preference/ref_logps.jsonl`` and give them to CogPO,
     DPO, beta-DPO and the ``cogpo_x<f>`` sweep (the same values each would compute). ``false``: each trainer
     computes its own as ``precompute_ref_log_probs`` says. SimPO uses no reference."""
+    launch: LaunchParams = field(default_factory=LaunchParams)
+    """In-process (default) or a multi-process launcher started by the stage itself (see ``sft.launch``)."""
     merge_lora: bool = False
     """With LoRA, save the merged full model in ``<method>/model/`` instead of the adapter (see
     ``sft.merge_lora``)."""
+    logprob_path: Literal["auto", "chunked", "full", "trl"] = "auto"
+    """How CogPO, DPO and beta-DPO compute log-probs through the LM head (the same values each way). ``chunked``:
+    only the completion tokens, in tiles (no tokens x vocabulary tensor; on the CPU 0.18-0.20x TRL's peak memory
+    and 0.17-0.28x its step time, ``benchmarks/results/training.md``). ``trl``: TRL's own head, on a GPU a Triton
+    kernel that already scores only completion tokens in tiles (as little memory as ``chunked`` there and 3.7-4.4x
+    faster, ``benchmarks/results/training_gpu.md``). ``auto``: ``trl`` on a CUDA device, ``chunked`` elsewhere.
+    ``full``: the plain full logits and ``log_softmax`` (memory grows with tokens x vocabulary)."""
+    logprob_token_chunk: int = 1024
+    """Tokens per tile of the ``chunked`` log-prob path."""
+    logprob_vocab_chunk: int = 8192
+    """Vocabulary columns per tile of the ``chunked`` log-prob path."""
     beta_sweep: tuple[float, ...] = ()
     """Optional sweep (paper Figure 6): scale all CogPO betas by each factor and train one model per value."""
 

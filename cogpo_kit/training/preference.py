@@ -115,12 +115,14 @@ def build_trainer(spec: MethodSpec, pairs: list[dict], *, init_path: str, pref: 
     from cogpo_kit.training.cogpo_trainer import CogPOConfig
     from cogpo_kit.training.ref_logps import PrecomputedRefCogPOTrainer, ref_settings
 
+    heads = dict(logprob_path=pref.logprob_path, logprob_token_chunk=pref.logprob_token_chunk,
+                 logprob_vocab_chunk=pref.logprob_vocab_chunk)
     if shared is None:
-        args = CogPOConfig(**targs, precompute_ref_log_probs=pref.precompute_ref_log_probs, **spec.options)
+        args = CogPOConfig(**targs, precompute_ref_log_probs=pref.precompute_ref_log_probs, **heads, **spec.options)
         return PrecomputedRefCogPOTrainer(model=load_model(init_path, bf16=pref.optim.bf16), args=args,
                                           train_dataset=preference_dataset(pairs, spec.beta_scale),
                                           processing_class=tok, peft_config=peft)
-    args = CogPOConfig(**targs, precompute_ref_log_probs=True, **spec.options)
+    args = CogPOConfig(**targs, precompute_ref_log_probs=True, **heads, **spec.options)
     settings = ref_settings(args)
     reuse = shared.ready(settings)
     columns = shared.columns([p["id"] for p in pairs]) if reuse else None

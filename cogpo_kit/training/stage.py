@@ -16,7 +16,10 @@ folder (SFT adapters sit on the student model's HF folder, preference adapters o
 the manifests say which (``saved``, ``base``, and the starting model's fingerprint).
 
 Both run unchanged in-process, under ``torchrun`` and under ``accelerate launch``; only the main process
-writes the stage's log and manifest (the other processes open the same stage read-only).
+writes the stage's log and manifest (the other processes open the same stage read-only). With
+``sft.launch`` / ``preference.launch`` set, the stage called in-process (a notebook, ``cogpo-kit run``,
+``cogpo-kit train``) starts that launcher itself on ``cogpo-kit train``, streams its output and returns the
+manifest its main process wrote (:mod:`cogpo_kit.training.launch`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cogpo_kit.params.loader import params_dict
 from cogpo_kit.pipeline.stage import open_stage, run_dir
 from cogpo_kit.pipeline.stages import artifact_path
 from cogpo_kit.training.common import is_main_process, point_model, write_metrics
+from cogpo_kit.training.launch import launch_if_asked
 
 
 def _open(run_path: Path, name: str, params: dict, inputs):
@@ -50,7 +54,10 @@ def _base_model_path(spec: str) -> str:
 
 
 def run_sft(params) -> dict:
-    """Train every SFT variant of a run; returns the manifest."""
+    """Train every SFT variant of a run (under ``sft.launch``'s launcher when it names one); returns the manifest."""
+    launched = launch_if_asked(params, "sft")
+    if launched is not None:
+        return launched
     from cogpo_kit.pairs.inputs import read_crv, read_level_subset
     from cogpo_kit.training.sft import LEVEL_VARIANTS, VARIANTS, sft_rows, train_sft
 
@@ -116,7 +123,11 @@ def _model_input_files(path: Path) -> list[Path]:
 
 
 def run_preference(params) -> dict:
-    """Train every preference method of a run from the same SFT model on the same pairs; returns the manifest."""
+    """Train every preference method of a run from the same SFT model on the same pairs (under
+    ``preference.launch``'s launcher when it names one); returns the manifest."""
+    launched = launch_if_asked(params, "preference")
+    if launched is not None:
+        return launched
     from cogpo_kit.models.adapters import model_fingerprint
     from cogpo_kit.pairs.schema import load_pairs
     from cogpo_kit.training.preference import method_specs, train_preference
