@@ -44,9 +44,10 @@ from benchmarks.training import make_pairs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training_gpu.md"
 DEFAULT_MODEL = "tiny:llama?layers=4&hidden=896&heads=14&kv_heads=2&intermediate=4864&vocab=152064"
-METHODS = ("dpo", "cogpo", "cogpo_full")
+METHODS = ("dpo", "cogpo", "cogpo_full", "cogpo_auto")
 LABELS = {"dpo": "TRL DPO, its own fused LM head", "cogpo": "`CogPOTrainer`, chunked log-probs",
-          "cogpo_full": "`CogPOTrainer`, full logits (`logprob_path=\"full\"`)"}
+          "cogpo_full": "`CogPOTrainer`, full logits (`logprob_path=\"full\"`)",
+          "cogpo_auto": "`CogPOTrainer`, its default (`logprob_path=\"auto\"`: TRL's head on CUDA)"}
 MIB = 1024 * 1024
 
 
@@ -83,7 +84,7 @@ def child(opts) -> dict:
     if opts.method == "dpo":
         trainer = DPOTrainer(model=model, args=DPOConfig(**common), train_dataset=ds, processing_class=tok)
     else:
-        path = "full" if opts.method == "cogpo_full" else "chunked"
+        path = {"cogpo_full": "full", "cogpo_auto": "auto"}.get(opts.method, "chunked")
         trainer = CogPOTrainer(model=model, args=CogPOConfig(**common, logprob_path=path), train_dataset=ds,
                                processing_class=tok)
     record["setup_s"] = time.perf_counter() - t0

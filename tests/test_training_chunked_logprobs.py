@@ -302,7 +302,7 @@ def test_auto_logprob_path_is_trl_on_cuda_and_chunked_elsewhere(tmp_path):
     from cogpo_kit.training.cogpo_trainer import CogPOConfig, CogPOTrainer
 
     assert CogPOConfig(output_dir=str(tmp_path), bf16=False).logprob_path == "auto"
-    assert load_params([]).preference.logprob_path == "auto"
+    assert load_params([]).preference.logprob_head == "auto"
 
     def model_on(device: str):
         return SimpleNamespace(parameters=lambda: iter([torch.empty(0, device="meta").new_empty(0)])

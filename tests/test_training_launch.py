@@ -49,6 +49,12 @@ def _cell_outputs(notebook: Path, marker: str) -> dict[str, str]:
     return out
 
 
+def _with_bars(env: dict) -> dict:
+    """The environment with progress bars on (CI turns them off with COGPO_NO_PROGRESS; this test reads them)."""
+    env.pop("COGPO_NO_PROGRESS", None)
+    return env
+
+
 @pytest.mark.slow
 @pytest.mark.builds_model
 def test_notebook_run_launches_itself_and_trains_the_command_lines_model(tmp_path):
@@ -67,7 +73,7 @@ def test_notebook_run_launches_itself_and_trains_the_command_lines_model(tmp_pat
     # the same thread count in both runs, so both sum in the same order; the notebook run keeps its bars
     procs = {
         "nb": subprocess.Popen([sys.executable, "-m", "cogpo_kit.cli", "run", str(cfg), "--stages", "sft"],
-                               cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                               cwd=tmp_path, env=_with_bars(dict(os.environ, OMP_NUM_THREADS="1")),
                                stdout=files["nb"][0], stderr=files["nb"][1]),
         "cli": subprocess.Popen([*torchrun(2), "-m", "cogpo_kit.cli", "train", "sft", str(cfg), "-o", "run.run_id=cli"],
                                 cwd=tmp_path, env=quiet_env(), stdout=files["cli"][0], stderr=files["cli"][1]),

@@ -153,9 +153,9 @@ def preference_methods(pref) -> list[tuple[str, str]]:
 
 
 def _cogpo_logprob_path(pref, settings: PlanSettings) -> tuple[str, str]:
-    """The memory model's log-prob path of a CogPO-family trainer and its label (``preference.logprob_path``,
+    """The memory model's log-prob path of a CogPO-family trainer and its label (``preference.logprob_head``,
     ``auto`` resolved as the trainer does: TRL's head on a GPU, the chunked head on the CPU)."""
-    chosen = pref.logprob_path
+    chosen = pref.logprob_head
     if chosen == "auto":
         chosen = "trl" if settings.device == "gpu" else "chunked"
     if chosen == "trl":

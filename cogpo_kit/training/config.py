@@ -192,7 +192,7 @@ class PreferenceParams:
     merge_lora: bool = False
     """With LoRA, save the merged full model in ``<method>/model/`` instead of the adapter (see
     ``sft.merge_lora``)."""
-    logprob_path: Literal["auto", "chunked", "full", "trl"] = "auto"
+    logprob_head: Literal["auto", "chunked", "full", "trl"] = "auto"
     """How CogPO, DPO and beta-DPO compute log-probs through the LM head (the same values each way). ``chunked``:
     only the completion tokens, in tiles (no tokens x vocabulary tensor; on the CPU 0.18-0.20x TRL's peak memory
     and 0.17-0.28x its step time, ``benchmarks/results/training.md``). ``trl``: TRL's own head, on a GPU a Triton

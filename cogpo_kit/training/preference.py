@@ -115,7 +115,7 @@ def build_trainer(spec: MethodSpec, pairs: list[dict], *, init_path: str, pref: 
     from cogpo_kit.training.cogpo_trainer import CogPOConfig
     from cogpo_kit.training.ref_logps import PrecomputedRefCogPOTrainer, ref_settings
 
-    heads = dict(logprob_path=pref.logprob_path, logprob_token_chunk=pref.logprob_token_chunk,
+    heads = dict(logprob_path=pref.logprob_head, logprob_token_chunk=pref.logprob_token_chunk,
                  logprob_vocab_chunk=pref.logprob_vocab_chunk)
     if shared is None:
         args = CogPOConfig(**targs, precompute_ref_log_probs=pref.precompute_ref_log_probs, **heads, **spec.options)
