@@ -1,6 +1,6 @@
 # cogpo-kit — CPU setup, demo and tests.
 #   make demo    install (once) and run the whole pipeline on the embedded model (~20 min on 2 cores)
-#   make test    install (once) and run the test suite (~16 min on 2 cores after the install)
+#   make test    install (once) and run the test suite (~19 min on 2 cores after the install)
 # The virtual environment lives in .venv and is refreshed when pyproject.toml changes.
 
 PYTHON ?= python3
